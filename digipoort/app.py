@@ -1,0 +1,218 @@
+"""The process: shared resources, the selected components, health and graceful shutdown.
+
+``Gateway`` owns the PostgreSQL pool, the RabbitMQ connection, the payload store and the
+registry snapshot, and runs any subset of the components:
+
+* ``intake``    — the intake function, used by the koppelvlak adapters in this process
+* ``sweeper``   — republishes unconfirmed hand-offs
+* every component registered under the ``digipoort.components`` entry point group, e.g.
+  ``validator`` (validators/), ``router`` (routing/), ``wus`` (adapters/wus/). This core
+  package imports none of them: they plug in.
+
+Every process serves ``/metrics``, ``/healthz`` and ``/readyz`` on the HTTP port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from importlib.metadata import EntryPoint, entry_points
+
+import asyncpg
+import structlog
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from digipoort import db, metrics
+from digipoort.broker import WORK_QUEUES, Broker
+from digipoort.config import Settings, redact_url
+from digipoort.intake import Intake
+from digipoort.payloads import FilePayloadStore
+from digipoort.registry import Registry
+from digipoort.registry_store import RegistryHolder
+from digipoort.worker import BatchConsumer, Handler
+
+log = structlog.get_logger(__name__)
+
+CORE_COMPONENTS = ("intake", "sweeper")
+
+Component = Callable[["Gateway"], Awaitable[Callable[[], Awaitable[None]]]]
+"""A pluggable component (e.g. a koppelvlak adapter): started with the gateway, returns
+its stop function."""
+
+
+def plugin_components() -> dict[str, EntryPoint]:
+    """Components registered under the ``digipoort.components`` entry point group."""
+    return {ep.name: ep for ep in entry_points(group="digipoort.components")}
+
+
+def all_components() -> tuple[str, ...]:
+    return (*CORE_COMPONENTS, *sorted(plugin_components()))
+
+
+@dataclass
+class Gateway:
+    settings: Settings
+    components: tuple[str, ...] = CORE_COMPONENTS
+    pool: asyncpg.Pool | None = None
+    broker: Broker | None = None
+    registry: RegistryHolder | None = None
+    intake: Intake | None = None
+    store: FilePayloadStore | None = None
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    _stops: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _http: web.AppRunner | None = None
+
+    async def start(self, *, serve_http: bool = True) -> None:
+        s = self.settings
+        if serve_http:
+            await self._start_http()
+        self.store = FilePayloadStore(s.resolve(s.storage.payload_dir))
+        log.info("connecting", database=redact_url(s.database.url), broker=redact_url(s.broker.url))
+        self.pool = await db.create_pool(
+            s.database.url, min_size=s.database.pool_min, max_size=s.database.pool_max
+        )
+        async with self.pool.acquire() as conn:
+            await db.migrate(conn)
+        self.registry = RegistryHolder(self.pool)
+        await self.registry.start()
+        self.broker = Broker(s.broker.url, delivery_limit=s.broker.delivery_limit)
+        await self.broker.connect()
+        await self.broker.ensure_aflever_queues(_recipients(self.registry.current))
+        self.registry.on_change(self._registry_changed)
+        # intake before the adapters that call it
+        for name in sorted(self.components, key=lambda n: n != "intake"):
+            await self._start_component(name)
+        log.info("gateway started", components=list(self.components))
+
+    def _registry_changed(self, registry: Registry) -> None:
+        if self.broker is not None:
+            task = asyncio.get_running_loop().create_task(
+                self.broker.ensure_aflever_queues(_recipients(registry))
+            )
+            self._tasks.append(task)
+
+    async def _start_component(self, name: str) -> None:
+        s = self.settings
+        assert self.pool and self.broker and self.registry and self.store
+        if name == "intake":
+            self.intake = Intake(
+                self.pool,
+                self.broker,
+                self.store,
+                self.registry,
+                limits=s.limits,
+                storage=s.storage,
+                max_batch=s.intake.max_batch,
+            )
+            await self.intake.start()
+            self._stops.append(self.intake.stop)
+        elif name == "sweeper":
+            from digipoort import sweeper
+
+            task = asyncio.get_running_loop().create_task(
+                sweeper.run(
+                    self.pool,
+                    self.broker,
+                    grace_seconds=s.intake.sweep_grace_seconds,
+                    interval=s.intake.sweep_interval_seconds,
+                    stopping=self.stopping,
+                )
+            )
+            self._tasks.append(task)
+        else:
+            plugins = plugin_components()
+            if name not in plugins:
+                raise ValueError(
+                    f"unknown component {name!r}; known: {', '.join(all_components())}"
+                )
+            factory: Component = plugins[name].load()
+            self._stops.append(await factory(self))
+
+    async def consume(self, stage: str, handler: Handler) -> None:
+        """Run ``handler`` on batches of the work queue of ``stage`` until stop."""
+        assert self.broker is not None
+        consumer = BatchConsumer(
+            self.broker,
+            WORK_QUEUES[stage],
+            stage,
+            handler,
+            prefetch=self.settings.broker.prefetch,
+        )
+        await consumer.start()
+        self._stops.append(consumer.stop)
+
+    # -- health ---------------------------------------------------------------------------
+    async def ready(self) -> tuple[bool, dict[str, bool]]:
+        checks = {
+            "database": False,
+            "broker": bool(self.broker and self.broker.connected),
+            "topology": bool(self.broker and self.broker.topology_declared),
+        }
+        if self.pool is not None:
+            try:
+                async with asyncio.timeout(2):
+                    await self.pool.fetchval("SELECT 1")
+                checks["database"] = True
+            except Exception:
+                checks["database"] = False
+        ok = all(checks.values())
+        metrics.READY.set(1 if ok else 0)
+        return ok, checks
+
+    async def _start_http(self) -> None:
+        app = web.Application()
+
+        async def healthz(_: web.Request) -> web.Response:
+            return web.json_response({"status": "ok"})
+
+        async def readyz(_: web.Request) -> web.Response:
+            ok, checks = await self.ready()
+            return web.json_response({"ready": ok, **checks}, status=200 if ok else 503)
+
+        async def metrics_view(_: web.Request) -> web.Response:
+            await self.ready()
+            return web.Response(
+                body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST}
+            )
+
+        app.router.add_get("/healthz", healthz)
+        app.router.add_get("/readyz", readyz)
+        app.router.add_get("/metrics", metrics_view)
+        self._http = web.AppRunner(app, access_log=None)
+        await self._http.setup()
+        site = web.TCPSite(
+            self._http, self.settings.http.host, self.settings.http.port, reuse_port=True
+        )
+        await site.start()
+
+    async def stop(self) -> None:
+        """Stop taking work, finish in-flight messages, close connections."""
+        self.stopping.set()
+        for stop in reversed(self._stops):
+            try:
+                await stop()
+            except Exception as exc:
+                log.warning("component stop failed", error=repr(exc))
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.registry is not None:
+            await self.registry.stop()
+        if self.broker is not None:
+            await self.broker.close()
+        if self.pool is not None:
+            await self.pool.close()
+        if self._http is not None:
+            await self._http.cleanup()
+        log.info("gateway stopped")
+
+
+def _recipients(registry: Registry) -> Iterable[str]:
+    oins: set[str] = set()
+    for b in registry.berichtsoorten.values():
+        oins.update(b.recipients)
+        oins.update(b.copies)
+    return sorted(oins)

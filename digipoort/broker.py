@@ -1,0 +1,155 @@
+"""RabbitMQ: topology, the connection and confirmed publishing.
+
+Topology (declared idempotently at start by every process):
+
+* ``digipoort.work`` (direct): ``validate`` → quorum queue ``digipoort.validate``,
+  ``route`` → ``digipoort.route``. Messages carry only the kenmerk (claim check: the
+  envelope and its documents are in PostgreSQL / the payload store).
+* ``digipoort.aflever`` (direct): routing key = recipient OIN → quorum queue
+  ``digipoort.aflever.<OIN>``; body = an ``afleverRequest`` document.
+* ``digipoort.dead`` (fanout) → quorum queue ``digipoort.dead``: messages that exceeded
+  the delivery limit of a work queue (poison messages), dead-lettered at-least-once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+from uuid import UUID
+
+import aio_pika
+import structlog
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
+
+log = structlog.get_logger(__name__)
+
+WORK_EXCHANGE = "digipoort.work"
+AFLEVER_EXCHANGE = "digipoort.aflever"
+DEAD_EXCHANGE = "digipoort.dead"
+DEAD_QUEUE = "digipoort.dead"
+VALIDATE = "validate"
+ROUTE = "route"
+WORK_QUEUES = {VALIDATE: "digipoort.validate", ROUTE: "digipoort.route"}
+
+
+def aflever_queue(oin: str) -> str:
+    return f"digipoort.aflever.{oin}"
+
+
+def _work_queue_args(delivery_limit: int) -> dict[str, Any]:
+    return {
+        "x-queue-type": "quorum",
+        "x-delivery-limit": delivery_limit,
+        "x-dead-letter-exchange": DEAD_EXCHANGE,
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
+    }
+
+
+def _aflever_queue_args() -> dict[str, Any]:
+    return {"x-queue-type": "quorum", "x-overflow": "reject-publish"}
+
+
+class Broker:
+    """One robust connection with a confirming publisher channel."""
+
+    def __init__(self, url: str, *, delivery_limit: int = 5) -> None:
+        self.url = url
+        self.delivery_limit = delivery_limit
+        self.connection: AbstractRobustConnection | None = None
+        self._channel: AbstractChannel | None = None
+        self._work: AbstractExchange | None = None
+        self._aflever: AbstractExchange | None = None
+        self._declared_aflever: set[str] = set()
+        self.topology_declared = False
+
+    async def connect(self) -> None:
+        self.connection = await aio_pika.connect_robust(
+            self.url, client_properties={"connection_name": "digipoort"}
+        )
+        self._channel = await self.connection.channel(
+            publisher_confirms=True, on_return_raises=True
+        )
+        await self.declare_topology()
+
+    @property
+    def connected(self) -> bool:
+        return self.connection is not None and not self.connection.is_closed
+
+    async def channel(self, prefetch: int = 0) -> AbstractChannel:
+        assert self.connection is not None
+        ch = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
+        if prefetch:
+            await ch.set_qos(prefetch_count=prefetch)
+        return ch
+
+    async def declare_topology(self, recipients: Iterable[str] = ()) -> None:
+        ch = self._channel
+        assert ch is not None
+        dead = await ch.declare_exchange(DEAD_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=True)
+        dq = await ch.declare_queue(DEAD_QUEUE, durable=True, arguments={"x-queue-type": "quorum"})
+        await dq.bind(dead)
+        self._work = await ch.declare_exchange(
+            WORK_EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True
+        )
+        for key, name in WORK_QUEUES.items():
+            q = await ch.declare_queue(
+                name, durable=True, arguments=_work_queue_args(self.delivery_limit)
+            )
+            await q.bind(self._work, routing_key=key)
+        self._aflever = await ch.declare_exchange(
+            AFLEVER_EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True
+        )
+        self._declared_aflever.clear()
+        await self.ensure_aflever_queues(recipients)
+        self.topology_declared = True
+
+    async def ensure_aflever_queues(self, recipients: Iterable[str]) -> None:
+        ch = self._channel
+        assert ch is not None and self._aflever is not None
+        for oin in recipients:
+            if oin in self._declared_aflever:
+                continue
+            q = await ch.declare_queue(
+                aflever_queue(oin), durable=True, arguments=_aflever_queue_args()
+            )
+            await q.bind(self._aflever, routing_key=oin)
+            self._declared_aflever.add(oin)
+
+    async def publish_work(self, stage: str, kenmerk: UUID) -> None:
+        """Publish a work item and wait for the broker's confirm."""
+        assert self._work is not None
+        body = json.dumps({"kenmerk": str(kenmerk)}).encode()
+        await self._work.publish(
+            aio_pika.Message(
+                body,
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                message_id=str(kenmerk),
+                content_type="application/json",
+            ),
+            routing_key=stage,
+            mandatory=True,
+        )
+
+    async def publish_aflever(
+        self, recipient_oin: str, kenmerk: UUID, berichtsoort: str, body: bytes
+    ) -> None:
+        assert self._aflever is not None
+        await self._aflever.publish(
+            aio_pika.Message(
+                body,
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                message_id=str(kenmerk),
+                type=berichtsoort,
+                content_type="application/xml",
+                headers={"ontvanger": recipient_oin},
+            ),
+            routing_key=recipient_oin,
+            mandatory=True,
+        )
+
+    async def close(self) -> None:
+        if self.connection is not None:
+            await self.connection.close()
+            self.connection = None

@@ -1,0 +1,139 @@
+"""Configuration: one TOML file plus ``DIGIPOORT_*`` environment variables.
+
+Environment variables override the file; nested keys use a double underscore, e.g.
+``DIGIPOORT_DATABASE__URL`` or ``DIGIPOORT_BROKER__URL``. Relative paths in the file are
+resolved against the file's directory, so a dev environment can be moved as a whole.
+Secrets (database and broker passwords inside URLs) are never logged: use
+:func:`redact_url` whenever a URL is shown.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from digipoort.registry import RegistryConfig
+
+
+class DatabaseConfig(BaseModel):
+    url: str = "postgresql://postgres@127.0.0.1:5432/digipoort"
+    pool_min: int = 2
+    pool_max: int = 10
+
+
+class BrokerConfig(BaseModel):
+    url: str = "amqp://guest:guest@127.0.0.1:5672/digipoort"
+    management_url: str = "http://guest:guest@127.0.0.1:15672"
+    prefetch: int = 256
+    delivery_limit: int = 5
+
+
+class StorageConfig(BaseModel):
+    payload_dir: Path = Path("data/payloads")
+    # Documents up to this size are stored in PostgreSQL next to the envelope (one commit);
+    # larger ones stream to the payload store (fsync'ed files, content-addressed).
+    db_inline_limit: int = 256 * 1024
+    # afleverRequest documents for recipients carry inhoud inline up to this size.
+    aflever_inline_limit: int = 4 * 1024 * 1024
+
+
+class PkiConfig(BaseModel):
+    ca_file: Path = Path("pki/ca.crt")
+    crl_files: list[Path] = Field(default_factory=lambda: [Path("pki/ca.crl")])
+    intermediates_file: Path | None = Path("pki/chain.pem")
+    cert_file: Path = Path("pki/server.crt")
+    key_file: Path = Path("pki/server.key")
+    require_crl: bool = True
+
+
+class HttpConfig(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 9464
+
+
+class WusConfig(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 8443
+    public_url: str = "https://localhost:8443"
+    allow_sha1: bool = True
+    max_clock_skew_seconds: int = 300
+    max_request_bytes: int = 30 * 1024 * 1024
+
+
+class IntakeConfig(BaseModel):
+    max_batch: int = 256
+    # A submission whose hand-off to RabbitMQ was not confirmed is republished by the
+    # sweeper once it is older than this.
+    sweep_grace_seconds: float = 10.0
+    sweep_interval_seconds: float = 5.0
+
+
+class LimitsConfig(BaseModel):
+    max_document_bytes: int = 20 * 1024 * 1024
+    max_bijlagen: int = 100
+    max_xml_depth: int = 256
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="DIGIPOORT_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    gateway_oin: str = "00000099300000010000"
+    gateway_name: str = "Digipoort (test)"
+    database: DatabaseConfig = Field(default_factory=DatabaseConfig)
+    broker: BrokerConfig = Field(default_factory=BrokerConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    pki: PkiConfig = Field(default_factory=PkiConfig)
+    http: HttpConfig = Field(default_factory=HttpConfig)
+    wus: WusConfig = Field(default_factory=WusConfig)
+    intake: IntakeConfig = Field(default_factory=IntakeConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    log_level: str = "info"
+    config_dir: Path = Path(".")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment first (highest priority), then values passed in (from the file).
+        return env_settings, init_settings
+
+    def resolve(self, path: Path) -> Path:
+        return path if path.is_absolute() else (self.config_dir / path).resolve()
+
+
+def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
+    """Load settings from ``path`` (or ``$DIGIPOORT_CONFIG``) and the environment."""
+    if path is None and os.environ.get("DIGIPOORT_CONFIG"):
+        path = Path(os.environ["DIGIPOORT_CONFIG"])
+    data: dict[str, Any] = {}
+    if path is not None:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+        data["config_dir"] = path.resolve().parent
+    data.update(overrides)
+    return Settings(**data)
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced, for logs and error messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:***@{parts.hostname}"
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))

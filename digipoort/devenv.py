@@ -1,0 +1,167 @@
+"""``digipoort dev init``: a ready-to-run development environment in one directory.
+
+Writes ``digipoort.toml`` (config and the sample registry) and a test PKI under ``pki/``.
+Re-running keeps existing keys and an existing config unless ``force``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from digipoort.pki.devpki import DevParticipant, create_dev_pki
+
+SAMPLE_PARTICIPANTS: list[tuple[str, str, list[str]]] = [
+    ("00000099100000010000", "Leverancier Alfa BV", ["sender", "recipient"]),
+    ("00000099100000020000", "Intermediair Beta BV", ["sender", "intermediary"]),
+    ("00000099200000010000", "Belastingdienst (test)", ["recipient"]),
+    ("00000099200000020000", "CBS (test)", ["recipient", "flow-owner"]),
+    ("00000099200000030000", "HBAG (test)", ["recipient"]),
+    ("00000099200000040000", "Rijksdienst Inkoop (test)", ["recipient", "sender"]),
+    ("00000099200000050000", "Douane (test)", ["recipient"]),
+    ("00000099200000060000", "De Nederlandsche Bank (test)", ["recipient"]),
+]
+
+ALFA, BETA = "00000099100000010000", "00000099100000020000"
+BELASTINGDIENST, CBS, HBAG = "00000099200000010000", "00000099200000020000", "00000099200000030000"
+RIJKSDIENST_INKOOP, DOUANE, DNB = (
+    "00000099200000040000",
+    "00000099200000050000",
+    "00000099200000060000",
+)
+
+CONFIG_TEMPLATE = """\
+# Digipoort gateway — development environment written by `digipoort dev init`.
+# Every value can be overridden by an environment variable: DIGIPOORT_<SECTION>__<KEY>,
+# e.g. DIGIPOORT_DATABASE__URL. Relative paths are relative to this file.
+
+gateway_oin = "00000099300000010000"
+gateway_name = "Digipoort (test)"
+log_level = "info"
+
+[database]
+url = "{database_url}"
+
+[broker]
+url = "{broker_url}"
+management_url = "{management_url}"
+
+[storage]
+payload_dir = "data/payloads"
+
+[pki]
+ca_file = "pki/ca.crt"
+crl_files = ["pki/ca.crl"]
+intermediates_file = "pki/chain.pem"
+cert_file = "pki/server.crt"
+key_file = "pki/server.key"
+
+[http]
+host = "127.0.0.1"
+port = {http_port}
+
+[wus]
+host = "127.0.0.1"
+port = {wus_port}
+public_url = "https://localhost:{wus_port}"
+allow_sha1 = true
+
+# ---- sample registry (test OINs) -------------------------------------------------------
+{participants}
+[[registry.berichtsoorten]]
+name = "Omzetbelasting"
+koppelvlakken = ["wus"]
+recipients = ["{bd}"]
+senders = ["{alfa}", "{beta}"]
+max_size = 20971520
+# no XSD: the document must only be well-formed XML
+
+[[registry.berichtsoorten]]
+name = "CBS-Detailhandel"
+koppelvlakken = ["wus", "smtp", "ftp"]
+recipients = ["{cbs}"]
+owner = "{cbs}"
+copies = ["{hbag}"]          # meervoudig doorzenden, set by CBS as flow owner
+senders = ["{alfa}", "{beta}"]
+xsd = "cbs-detailhandel.xsd"
+max_size = 10485760
+smtp_address = "cbs-detailhandel"
+
+[[registry.berichtsoorten]]
+name = "DigiInkoop-Factuur"
+koppelvlakken = ["wus"]
+recipients = ["{ri}"]
+senders = ["{alfa}"]
+xsd = "digiinkoop-factuur.xsd"
+max_size = 20971520
+
+[[registry.berichtsoorten]]
+name = "DigiInkoop-Order"
+koppelvlakken = ["wus"]
+recipients = ["{alfa}"]
+senders = ["{ri}"]
+xsd = "digiinkoop-order.xsd"
+max_size = 20971520
+
+[[registry.berichtsoorten]]
+name = "Douane-Uitvoer"
+koppelvlakken = ["smtp"]
+recipients = ["{douane}"]
+senders = ["{alfa}"]
+max_size = 16777216
+smtp_address = "douane-uitvoer"
+
+[[registry.berichtsoorten]]
+name = "DNB-DGS"
+koppelvlakken = ["ftp"]
+recipients = ["{dnb}"]
+senders = ["{alfa}"]
+max_size = 4294967296
+xml = false
+mime_types = []
+"""
+
+
+def render_config(
+    *,
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/digipoort",
+    broker_url: str = "amqp://guest:guest@127.0.0.1:5672/digipoort",
+    management_url: str = "http://guest:guest@127.0.0.1:15672",
+    http_port: int = 9464,
+    wus_port: int = 8443,
+) -> str:
+    participants = "".join(
+        f'[[registry.participants]]\noin = "{oin}"\nname = "{name}"\nroles = {roles!r}\n\n'.replace(
+            "'", '"'
+        )
+        for oin, name, roles in SAMPLE_PARTICIPANTS
+    )
+    return CONFIG_TEMPLATE.format(
+        database_url=database_url,
+        broker_url=broker_url,
+        management_url=management_url,
+        http_port=http_port,
+        wus_port=wus_port,
+        participants=participants,
+        alfa=ALFA,
+        beta=BETA,
+        bd=BELASTINGDIENST,
+        cbs=CBS,
+        hbag=HBAG,
+        ri=RIJKSDIENST_INKOOP,
+        douane=DOUANE,
+        dnb=DNB,
+    )
+
+
+def init_dev_env(directory: Path, *, force: bool = False, **config: object) -> list[Path]:
+    """Create (or complete) the environment; returns the files written."""
+    directory.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    cfg = directory / "digipoort.toml"
+    if force or not cfg.exists():
+        cfg.write_text(render_config(**config), encoding="utf-8")  # type: ignore[arg-type]
+        written.append(cfg)
+    (directory / "data" / "payloads").mkdir(parents=True, exist_ok=True)
+    participants = [DevParticipant(oin=o, name=n) for o, n, _ in SAMPLE_PARTICIPANTS]
+    written += create_dev_pki(directory / "pki", participants, force=force)
+    return written

@@ -1,0 +1,104 @@
+"""Prometheus metrics: every metric the gateway exposes is defined here, in one place.
+
+Names follow Prometheus conventions with the ``digipoort_`` prefix. Labels are bounded:
+koppelvlak, stage, status code, foutcode, reason, recipient OIN (bounded by the
+registry) — never a kenmerk.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+    300,
+)
+
+INTAKE = Counter(
+    "digipoort_intake_total",
+    "Submissions handed to intake, by koppelvlak and outcome (accepted, refused, error).",
+    ["koppelvlak", "outcome"],
+)
+INTAKE_REFUSED = Counter(
+    "digipoort_intake_refused_total",
+    "Submissions refused at intake, by koppelvlak and reason.",
+    ["koppelvlak", "reason"],
+)
+ACCEPT_LATENCY = Histogram(
+    "digipoort_accept_latency_seconds",
+    "Time from intake call to kenmerk (durable accept).",
+    ["koppelvlak"],
+    buckets=LATENCY_BUCKETS,
+)
+INTAKE_BATCH = Histogram(
+    "digipoort_intake_batch_size",
+    "Envelopes committed per intake transaction (group commit).",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+)
+HANDOFF_FAILED = Counter(
+    "digipoort_intake_handoff_failed_total",
+    "Committed envelopes whose publish to RabbitMQ was not confirmed (the sweeper republishes).",
+)
+SWEEPER_REPUBLISHED = Counter(
+    "digipoort_sweeper_republished_total",
+    "Envelopes republished by the sweeper after an unconfirmed hand-off.",
+)
+STAGE_MESSAGES = Counter(
+    "digipoort_stage_messages_total",
+    "Work messages handled per stage and outcome.",
+    ["stage", "outcome"],
+)
+STAGE_DURATION = Histogram(
+    "digipoort_stage_batch_duration_seconds",
+    "Time to handle one batch of work messages, per stage.",
+    ["stage"],
+    buckets=LATENCY_BUCKETS,
+)
+STATUSES = Counter(
+    "digipoort_statuses_total",
+    "Statuses recorded, by status code.",
+    ["code"],
+)
+VALIDATION_REFUSED = Counter(
+    "digipoort_validation_refused_total",
+    "Envelopes refused by the validation stage, by foutcode.",
+    ["foutcode"],
+)
+DELIVERIES = Counter(
+    "digipoort_deliveries_total",
+    "Deliveries by recipient OIN, channel and outcome.",
+    ["recipient", "channel", "outcome"],
+)
+END_TO_END = Histogram(
+    "digipoort_end_to_end_seconds",
+    "Time from tijdstempelAangeleverd to status 400 for a recipient.",
+    buckets=LATENCY_BUCKETS,
+)
+DEAD_LETTERED = Counter(
+    "digipoort_dead_lettered_total",
+    "Work messages rejected to the dead-letter queue, by stage and reason.",
+    ["stage", "reason"],
+)
+READY = Gauge(
+    "digipoort_ready",
+    "1 when the process is ready (database and broker reachable, topology declared).",
+)
+MESSAGES_METERED = Counter(
+    "digipoort_messages_metered_total",
+    "Messages per organisation for metering (submitted by sender, delivered to recipient).",
+    ["oin", "direction"],
+)

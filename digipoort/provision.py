@@ -1,0 +1,102 @@
+"""Creating what the gateway needs on a fresh server: its database and its vhost."""
+
+from __future__ import annotations
+
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
+
+import aiohttp
+import asyncpg
+import structlog
+
+log = structlog.get_logger(__name__)
+
+
+def _database_name(url: str) -> tuple[str, str]:
+    parts = urlsplit(url)
+    name = unquote(parts.path.lstrip("/")) or "postgres"
+    admin = urlunsplit((parts.scheme, parts.netloc, "/postgres", parts.query, ""))
+    return name, admin
+
+
+def _quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+async def ensure_database(url: str) -> bool:
+    """Create the database named in ``url`` if missing; True if it was created."""
+    name, admin_url = _database_name(url)
+    conn = await asyncpg.connect(admin_url)
+    try:
+        if await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+            return False
+        await conn.execute(f"CREATE DATABASE {_quote_ident(name)}")
+        log.info("database created", database=name)
+        return True
+    finally:
+        await conn.close()
+
+
+async def drop_database(url: str) -> None:
+    name, admin_url = _database_name(url)
+    conn = await asyncpg.connect(admin_url)
+    try:
+        await conn.execute(f"DROP DATABASE IF EXISTS {_quote_ident(name)} WITH (FORCE)")
+    finally:
+        await conn.close()
+
+
+def vhost_of(amqp_url: str) -> str:
+    path = urlsplit(amqp_url).path
+    return unquote(path[1:]) if len(path) > 1 else "/"
+
+
+class Management:
+    """A small client of RabbitMQ's management HTTP API."""
+
+    def __init__(self, management_url: str) -> None:
+        parts = urlsplit(management_url)
+        self.base = urlunsplit(
+            (
+                parts.scheme,
+                f"{parts.hostname}:{parts.port or 15672}",
+                parts.path.rstrip("/"),
+                "",
+                "",
+            )
+        )
+        self.auth = aiohttp.BasicAuth(
+            unquote(parts.username or "guest"), unquote(parts.password or "guest")
+        )
+
+    async def request(self, method: str, path: str, json: object | None = None) -> object:
+        async with (
+            aiohttp.ClientSession(auth=self.auth) as session,
+            session.request(
+                method, f"{self.base}/api{path}", json=json, timeout=aiohttp.ClientTimeout(total=30)
+            ) as resp,
+        ):
+            if resp.status >= 400 and not (method == "DELETE" and resp.status == 404):
+                text = await resp.text()
+                raise RuntimeError(f"management API {method} {path}: {resp.status} {text[:200]}")
+            if resp.content_type == "application/json":
+                return await resp.json()
+            return None
+
+    async def ensure_vhost(self, vhost: str, user: str = "guest") -> None:
+        v = quote(vhost, safe="")
+        await self.request("PUT", f"/vhosts/{v}")
+        await self.request(
+            "PUT",
+            f"/permissions/{v}/{quote(user, safe='')}",
+            {"configure": ".*", "write": ".*", "read": ".*"},
+        )
+
+    async def delete_vhost(self, vhost: str) -> None:
+        await self.request("DELETE", f"/vhosts/{quote(vhost, safe='')}")
+
+    async def queue(self, vhost: str, name: str) -> dict[str, object]:
+        result = await self.request(
+            "GET", f"/queues/{quote(vhost, safe='')}/{quote(name, safe='')}"
+        )
+        assert isinstance(result, dict)
+        return result

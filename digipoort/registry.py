@@ -1,0 +1,168 @@
+"""The registry: participants, berichtsoorten (flows) and who may send what to whom.
+
+This module is pure: the models, and :class:`Registry`, an immutable in-memory snapshot
+with the authorisation rules. Persistence lives in :mod:`digipoort.registry_store`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+KOPPELVLAKKEN = ("wus", "smtp", "ftp")
+
+
+def _check_oin(value: str) -> str:
+    if len(value) != 20 or not value.isdigit():
+        raise ValueError(f"not an OIN (20 digits): {value!r}")
+    return value
+
+
+class AfleverEndpoint(BaseModel):
+    """How a recipient receives: its own queue (default) or a push to its server."""
+
+    kind: str = "queue"  # queue | wus | smtp | ophaal
+    url: str | None = None
+
+
+class Participant(BaseModel):
+    oin: str
+    name: str
+    roles: list[str] = Field(default_factory=list)
+    aflever: AfleverEndpoint = Field(default_factory=AfleverEndpoint)
+
+    _oin = field_validator("oin")(_check_oin)
+
+
+class Berichtsoort(BaseModel):
+    name: str = Field(max_length=80)
+    koppelvlakken: list[str]
+    recipients: list[str]
+    senders: list[str]
+    owner: str | None = None
+    copies: list[str] = Field(default_factory=list)
+    max_size: int = 20 * 1024 * 1024
+    xsd: str | None = None
+    mime_types: list[str] = Field(default_factory=lambda: ["text/xml", "application/xml"])
+    xml: bool = True  # the document must be well-formed XML
+    smtp_address: str | None = None
+
+    @field_validator("recipients", "senders", "copies")
+    @classmethod
+    def _oins(cls, values: list[str]) -> list[str]:
+        return [_check_oin(v) for v in values]
+
+    @field_validator("koppelvlakken")
+    @classmethod
+    def _koppelvlakken(cls, values: list[str]) -> list[str]:
+        for v in values:
+            if v not in KOPPELVLAKKEN:
+                raise ValueError(f"unknown koppelvlak {v!r}")
+        return values
+
+    @model_validator(mode="after")
+    def _owner_default(self) -> Berichtsoort:
+        if self.owner is None and self.recipients:
+            self.owner = self.recipients[0]
+        return self
+
+
+class RegistryConfig(BaseModel):
+    participants: list[Participant] = Field(default_factory=list)
+    berichtsoorten: list[Berichtsoort] = Field(default_factory=list)
+
+
+class Weigering(StrEnum):
+    """Why an envelope is refused by the registry rules (documented in docs/codes.md)."""
+
+    BERICHTSOORT_ONBEKEND = "berichtsoort_onbekend"
+    KOPPELVLAK_NIET_TOEGESTAAN = "koppelvlak_niet_toegestaan"
+    AFZENDER_ONBEKEND = "afzender_onbekend"
+    AFZENDER_NIET_GEAUTORISEERD = "afzender_niet_geautoriseerd"
+    ONTVANGER_NIET_TOEGESTAAN = "ontvanger_niet_toegestaan"
+
+
+@dataclass(frozen=True)
+class Autorisatiefout:
+    reden: Weigering
+    melding: str
+
+
+@dataclass(frozen=True)
+class Registry:
+    participants: dict[str, Participant]
+    berichtsoorten: dict[str, Berichtsoort]
+
+    @classmethod
+    def from_config(cls, config: RegistryConfig) -> Registry:
+        return cls.build(config.participants, config.berichtsoorten)
+
+    @classmethod
+    def build(
+        cls, participants: Iterable[Participant], berichtsoorten: Iterable[Berichtsoort]
+    ) -> Registry:
+        return cls(
+            participants={p.oin: p for p in participants},
+            berichtsoorten={b.name: b for b in berichtsoorten},
+        )
+
+    def authorise(
+        self,
+        *,
+        sender_oin: str,
+        berichtsoort: str,
+        koppelvlak: str,
+        ontvanger_oin: str | None,
+    ) -> Autorisatiefout | None:
+        """Check sender, berichtsoort, koppelvlak and recipient; None when allowed."""
+        soort = self.berichtsoorten.get(berichtsoort)
+        if soort is None:
+            return Autorisatiefout(
+                Weigering.BERICHTSOORT_ONBEKEND, f"berichtsoort {berichtsoort!r} is onbekend"
+            )
+        if sender_oin not in self.participants:
+            return Autorisatiefout(
+                Weigering.AFZENDER_ONBEKEND, f"afzender {sender_oin} is niet bekend"
+            )
+        if koppelvlak not in soort.koppelvlakken:
+            return Autorisatiefout(
+                Weigering.KOPPELVLAK_NIET_TOEGESTAAN,
+                f"berichtsoort {berichtsoort} wordt niet via {koppelvlak} aangeleverd",
+            )
+        if sender_oin not in soort.senders:
+            return Autorisatiefout(
+                Weigering.AFZENDER_NIET_GEAUTORISEERD,
+                f"afzender {sender_oin} mag berichtsoort {berichtsoort} niet aanleveren",
+            )
+        if ontvanger_oin is not None and ontvanger_oin not in soort.recipients:
+            return Autorisatiefout(
+                Weigering.ONTVANGER_NIET_TOEGESTAAN,
+                f"ontvanger {ontvanger_oin} is niet toegestaan voor berichtsoort {berichtsoort}",
+            )
+        return None
+
+    def recipients_for(
+        self, berichtsoort: str, ontvanger_oin: str | None, copies: Sequence[str] | None = None
+    ) -> list[str]:
+        """Recipients of an envelope: the addressee (or the flow's recipients) plus the
+        copy recipients the flow owner configured (meervoudig doorzenden), deduplicated
+        and in a stable order."""
+        soort = self.berichtsoorten[berichtsoort]
+        primary = [ontvanger_oin] if ontvanger_oin else list(soort.recipients)
+        result: list[str] = []
+        for oin in [*primary, *(soort.copies if copies is None else copies)]:
+            if oin not in result:
+                result.append(oin)
+        return result
+
+    def berichtsoorten_for_sender(
+        self, sender_oin: str, koppelvlak: str | None = None
+    ) -> list[str]:
+        return sorted(
+            b.name
+            for b in self.berichtsoorten.values()
+            if sender_oin in b.senders and (koppelvlak is None or koppelvlak in b.koppelvlakken)
+        )

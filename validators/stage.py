@@ -1,0 +1,202 @@
+"""The validation stage: identity (200), authorisation (2xx), content and schema (301/311).
+
+For each envelope, in order:
+
+1. status 200 — the adapter proved the sender's identity with its certificate;
+2. authorisation against the registry as it is now (it may have changed since intake):
+   refused → 210 (unknown sender) or 220 (not authorised) with an ATH foutcode;
+3. size and MIME limits of the berichtsoort, well-formedness with the hardened parser,
+   the berichtsoort's XSD → 301, or 311 with foutcode VAS500 and the errors (line,
+   message) in statusdetails; a technical problem (schema missing, storage unreadable)
+   → 321 with VAS400.
+
+The codes are listed in docs/codes.md. Redelivered work items are recognised by the
+envelope's stage and only forwarded again, never validated twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from uuid import UUID
+
+import asyncpg
+import structlog
+
+from digipoort import metrics
+from digipoort.broker import ROUTE, Broker
+from digipoort.envelope import EnvelopeRecord, StoredDocument
+from digipoort.envelopestore import fetch_envelopes, set_stage
+from digipoort.payloads import PayloadStore
+from digipoort.registry import Registry, Weigering
+from digipoort.registry_store import RegistryHolder
+from digipoort.status import Status
+from digipoort.statusstore import write_statuses
+from digipoort.xmlsafe import XmlLimits
+from validators.content import Violation, check_mime, check_size
+from validators.schemas import SchemaRegistry, validate_document
+
+log = structlog.get_logger(__name__)
+
+ATH_CODES: dict[Weigering, tuple[str, str]] = {
+    Weigering.AFZENDER_ONBEKEND: ("210", "ATH100"),
+    Weigering.BERICHTSOORT_ONBEKEND: ("220", "ATH110"),
+    Weigering.KOPPELVLAK_NIET_TOEGESTAAN: ("220", "ATH120"),
+    Weigering.AFZENDER_NIET_GEAUTORISEERD: ("220", "ATH130"),
+    Weigering.ONTVANGER_NIET_TOEGESTAAN: ("220", "ATH140"),
+}
+
+VALIDATED = "gevalideerd"
+REFUSED = "geweigerd"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    statuses: list[Status]
+    stage: str
+
+    @property
+    def forward(self) -> bool:
+        return self.stage == VALIDATED
+
+
+def format_violations(violations: Sequence[Violation]) -> str:
+    lines = []
+    for v in violations:
+        where = f"regel {v.line}: " if v.line else ""
+        lines.append(f"{where}{v.message}")
+    return "\n".join(lines)
+
+
+class ValidationStage:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        broker: Broker,
+        store: PayloadStore,
+        registry: RegistryHolder,
+        schemas: SchemaRegistry,
+        *,
+        xml_limits: XmlLimits,
+    ) -> None:
+        self._pool = pool
+        self._broker = broker
+        self._store = store
+        self._registry = registry
+        self._schemas = schemas
+        self._xml_limits = xml_limits
+
+    async def handle(self, kenmerken: list[UUID]) -> None:
+        records = await fetch_envelopes(self._pool, kenmerken)
+        statuses: list[Status] = []
+        stages: dict[UUID, str] = {}
+        forward: list[UUID] = []
+        for kenmerk in dict.fromkeys(kenmerken):
+            record = records.get(kenmerk)
+            if record is None:
+                raise LookupError(f"envelope {kenmerk} not found")
+            if record.stage != "aangeboden":
+                if record.stage == VALIDATED:  # redelivered after commit: forward again
+                    forward.append(kenmerk)
+                continue
+            outcome = await self.evaluate(record, self._registry.current)
+            statuses.extend(outcome.statuses)
+            stages[kenmerk] = outcome.stage
+            if outcome.forward:
+                forward.append(kenmerk)
+        if stages:
+            async with self._pool.acquire() as conn, conn.transaction():
+                await write_statuses(conn, statuses)
+                await set_stage(conn, stages)
+            for s in statuses:
+                metrics.STATUSES.labels(s.code).inc()
+                if s.foutcode:
+                    metrics.VALIDATION_REFUSED.labels(s.foutcode).inc()
+        results = await asyncio.gather(
+            *(self._broker.publish_work(ROUTE, k) for k in forward), return_exceptions=True
+        )
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            raise RuntimeError(f"{len(failed)} route publishes not confirmed") from failed[0]
+
+    async def evaluate(self, record: EnvelopeRecord, registry: Registry) -> Outcome:
+        k = record.kenmerk
+        log_ = log.bind(
+            kenmerk=str(k), sender_oin=record.sender_oin, berichtsoort=record.berichtsoort
+        )
+        fout = registry.authorise(
+            sender_oin=record.sender_oin,
+            berichtsoort=record.berichtsoort,
+            koppelvlak=record.koppelvlak,
+            ontvanger_oin=record.ontvanger_oin,
+        )
+        if fout is not None:
+            code, foutcode = ATH_CODES[fout.reden]
+            log_.info("autorisatie geweigerd", foutcode=foutcode, melding=fout.melding)
+            statuses = [] if code == "210" else [Status(k, "200")]
+            statuses.append(Status(k, code, foutcode=foutcode, foutbeschrijving=fout.melding))
+            return Outcome(statuses, REFUSED)
+        accepted = Status(k, "200")
+        soort = registry.berichtsoorten[record.berichtsoort]
+        try:
+            violations = await self._check_documents(
+                record.documents, soort.max_size, soort.mime_types, soort.xml, soort.xsd
+            )
+        except Exception as exc:
+            log_.error("technisch probleem bij validatie", error=repr(exc))
+            return Outcome(
+                [
+                    accepted,
+                    Status(
+                        k,
+                        "321",
+                        foutcode="VAS400",
+                        foutbeschrijving="Technisch probleem bij validatie",
+                    ),
+                ],
+                REFUSED,
+            )
+        if violations:
+            details = format_violations(violations)
+            log_.info("validatie niet gelukt", violations=len(violations))
+            return Outcome(
+                [
+                    accepted,
+                    Status(
+                        k,
+                        "311",
+                        foutcode="VAS500",
+                        foutbeschrijving="Validatie niet gelukt",
+                        details=details,
+                    ),
+                ],
+                REFUSED,
+            )
+        log_.debug("validatie gelukt")
+        return Outcome([accepted, Status(k, "301")], VALIDATED)
+
+    async def _check_documents(
+        self,
+        documents: Sequence[StoredDocument],
+        max_size: int,
+        mime_types: Sequence[str],
+        xml: bool,
+        xsd: str | None,
+    ) -> list[Violation]:
+        violations: list[Violation] = []
+        for doc in documents:
+            for v in (check_size(doc.size, max_size),):
+                if v is not None:
+                    violations.append(Violation(v.code, f"{doc.bestandsnaam}: {v.message}"))
+        inhoud = next((d for d in documents if d.seq == 0), None)
+        if inhoud is None:
+            return [Violation("missing", "berichtInhoud ontbreekt")]
+        mime = check_mime(inhoud.mime_type, mime_types) if mime_types else None
+        if mime is not None:
+            violations.append(mime)
+        if violations or not xml:
+            return violations
+        data = inhoud.data if inhoud.data is not None else await self._store.read(inhoud.sha256)
+        schema = self._schemas.get(xsd) if xsd else None
+        return validate_document(data, schema, self._xml_limits)
