@@ -78,7 +78,11 @@ class Gateway:
             await db.migrate(conn)
         self.registry = RegistryHolder(self.pool)
         await self.registry.start()
-        self.broker = Broker(s.broker.url, delivery_limit=s.broker.delivery_limit)
+        self.broker = Broker(
+            s.broker.url,
+            delivery_limit=s.broker.delivery_limit,
+            publish_timeout=s.broker.publish_timeout_seconds,
+        )
         await self.broker.connect()
         await self.broker.ensure_aflever_queues(_recipients(self.registry.current))
         self.registry.on_change(self._registry_changed)

@@ -54,8 +54,11 @@ def _aflever_queue_args() -> dict[str, Any]:
 class Broker:
     """One robust connection with a confirming publisher channel."""
 
-    def __init__(self, url: str, *, delivery_limit: int = 5) -> None:
+    def __init__(
+        self, url: str, *, delivery_limit: int = 5, publish_timeout: float = 10.0
+    ) -> None:
         self.url = url
+        self.publish_timeout = publish_timeout
         self.delivery_limit = delivery_limit
         self.connection: AbstractRobustConnection | None = None
         self._channel: AbstractChannel | None = None
@@ -130,6 +133,7 @@ class Broker:
             ),
             routing_key=stage,
             mandatory=True,
+            timeout=self.publish_timeout,
         )
 
     async def publish_aflever(
@@ -147,6 +151,7 @@ class Broker:
             ),
             routing_key=recipient_oin,
             mandatory=True,
+            timeout=self.publish_timeout,
         )
 
     async def close(self) -> None:

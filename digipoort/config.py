@@ -32,6 +32,8 @@ class BrokerConfig(BaseModel):
     management_url: str = "http://guest:guest@127.0.0.1:15672"
     prefetch: int = 256
     delivery_limit: int = 5
+    # A publish not confirmed within this time counts as failed (the sweeper republishes).
+    publish_timeout_seconds: float = 10.0
 
 
 class StorageConfig(BaseModel):

@@ -27,6 +27,13 @@ async def create_pool(url: str, *, min_size: int = 2, max_size: int = 10) -> asy
     return pool
 
 
+async def connect(url: str) -> asyncpg.Connection:
+    """A single connection with the same codecs as the pool's."""
+    conn: asyncpg.Connection = await asyncpg.connect(url)
+    await _init_connection(conn)
+    return conn
+
+
 def migration_files() -> list[tuple[str, str]]:
     """(name, sql) of every migration, in order."""
     root = importlib.resources.files("digipoort") / "migrations"

@@ -48,7 +48,7 @@ async def insert_envelopes(conn: asyncpg.Connection, batch: Sequence[NewEnvelope
     doc_cols: list[list[Any]] = [[] for _ in range(7)]
     for e in batch:
         a = e.aanlevering
-        values = (
+        values: tuple[Any, ...] = (
             e.kenmerk,
             a.berichtsoort,
             a.koppelvlak,
@@ -69,8 +69,8 @@ async def insert_envelopes(conn: asyncpg.Connection, batch: Sequence[NewEnvelope
             col.append(v)
         for d in e.documents:
             dvals = (e.kenmerk, d.seq, d.mime_type, d.bestandsnaam, d.size, d.sha256, d.data)
-            for col, v in zip(doc_cols, dvals, strict=True):
-                col.append(v)
+            for dcol, dv in zip(doc_cols, dvals, strict=True):
+                dcol.append(dv)
     await conn.execute(_INSERT_ENVELOPES, *env_cols)
     await conn.execute(_INSERT_DOCUMENTS, *doc_cols)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import aiohttp
@@ -64,13 +65,14 @@ class Management:
                 "",
             )
         )
-        self.auth = aiohttp.BasicAuth(
-            unquote(parts.username or "guest"), unquote(parts.password or "guest")
-        )
+        user = unquote(parts.username or "guest")
+        password = unquote(parts.password or "guest")
+        token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+        self.headers = {"Authorization": f"Basic {token}"}
 
     async def request(self, method: str, path: str, json: object | None = None) -> object:
         async with (
-            aiohttp.ClientSession(auth=self.auth) as session,
+            aiohttp.ClientSession(headers=self.headers) as session,
             session.request(
                 method, f"{self.base}/api{path}", json=json, timeout=aiohttp.ClientTimeout(total=30)
             ) as resp,

@@ -45,7 +45,7 @@ def build_aflever_request(
 ) -> bytes:
     """``content_of`` returns the bytes to put in ``inhoud`` for a document (its content,
     or for a large one a Grote Berichten reference document)."""
-    root = etree.Element(_Q + "afleverRequest", nsmap={None: NS})
+    root = etree.Element(_Q + "afleverRequest", nsmap={None: NS})  # type: ignore[dict-item]
     _text(root, "kenmerk", str(record.kenmerk))
     _text(root, "berichtsoort", record.berichtsoort)
     _text(root, "berichtkenmerk", record.berichtkenmerk)

@@ -79,7 +79,7 @@ class Env:
 
     async def conn(self) -> asyncpg.Connection:
         if self._conn is None or self._conn.is_closed():
-            self._conn = await asyncpg.connect(self.db_url)
+            self._conn = await db.connect(self.db_url)
         return self._conn
 
     async def start_gateway(self, components: tuple[str, ...] | None = None, **kw: Any) -> Gateway:
@@ -176,7 +176,7 @@ async def create_env(base: Path, pki: Path, template_db: str) -> Env:
     # quick sweeps so crash tests don't wait long
     settings.intake.sweep_grace_seconds = 1.0
     settings.intake.sweep_interval_seconds = 0.5
-    conn = await asyncpg.connect(db_url)
+    conn = await db.connect(db_url)
     try:
         await registry_store.load_config(conn, settings.registry, actor="tests")
     finally:

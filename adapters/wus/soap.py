@@ -50,19 +50,17 @@ __all__ = [
 SOAP11_NS: Final = "http://schemas.xmlsoap.org/soap/envelope/"
 SOAP12_NS: Final = "http://www.w3.org/2003/05/soap-envelope"
 WSA_NS: Final = "http://www.w3.org/2005/08/addressing"
-WSSE_NS: Final = (
-    "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-secext-1.0.xsd"
-)
-WSU_NS: Final = (
-    "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-utility-1.0.xsd"
-)
+WSSE_NS: Final = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-secext-1.0.xsd"
+WSU_NS: Final = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-utility-1.0.xsd"
 DS_NS: Final = "http://www.w3.org/2000/09/xmldsig#"
 EXC_C14N_NS: Final = "http://www.w3.org/2001/10/xml-exc-c14n#"
 XML_NS: Final = "http://www.w3.org/XML/1998/namespace"
 
 KOPPELVLAK_NS: Final = "http://logius.nl/digipoort/koppelvlakservices/1.2/"
 AANLEVERSERVICE_NS: Final = "http://logius.nl/digipoort/wus/2.0/aanleverservice/1.2/"
-STATUSINFORMATIESERVICE_NS: Final = "http://logius.nl/digipoort/wus/2.0/statusinformatieservice/1.2/"
+STATUSINFORMATIESERVICE_NS: Final = (
+    "http://logius.nl/digipoort/wus/2.0/statusinformatieservice/1.2/"
+)
 OPHAALSERVICE_NS: Final = "http://logius.nl/digipoort/wus/2.0/ophaalservice/1.2/"
 AFLEVERSERVICE_NS: Final = "http://logius.nl/digipoort/wus/2.0/afleverservice/1.2/"
 
@@ -274,7 +272,12 @@ def _parse_xml(data: bytes, *, max_depth: int, huge_text: bool) -> etree._Elemen
             raise SoapError("too_deep", "document nesting too deep") from None
         raise SoapError("malformed", f"not well-formed XML: {_excerpt(reason)}") from None
     docinfo = root.getroottree().docinfo
-    if docinfo.doctype or docinfo.internalDTD is not None or docinfo.externalDTD is not None:
+    if (
+        docinfo.internalDTD is not None
+        or docinfo.externalDTD is not None
+        or docinfo.public_id
+        or docinfo.system_url
+    ):
         raise SoapError("dtd_forbidden", "DOCTYPE/DTD declarations are not allowed")
     if _depth_probe(max_depth)(root):
         raise SoapError("too_deep", f"document nesting deeper than {max_depth}")
@@ -317,7 +320,9 @@ def _split_envelope(root: etree._Element) -> tuple[etree._Element | None, etree.
 def _single_payload(body: etree._Element) -> etree._Element:
     children = _element_children(body)
     if len(children) != 1:
-        raise SoapError("bad_body", f"soap:Body must contain exactly one element, not {len(children)}")
+        raise SoapError(
+            "bad_body", f"soap:Body must contain exactly one element, not {len(children)}"
+        )
     _check_blank_content(body, "soap:Body", "bad_body")
     return children[0]
 
@@ -412,9 +417,12 @@ def parse_envelope(
     to = _required(found, "To", "missing_wsa_to")
     action = _required(found, "Action", "missing_wsa_action")
     message_id = _required(found, "MessageID", "missing_wsa_messageid")
-    relates_to = _simple_value(found["RelatesTo"], "bad_wsa_header") if "RelatesTo" in found else None
+    relates_to = (
+        _simple_value(found["RelatesTo"], "bad_wsa_header") if "RelatesTo" in found else None
+    )
     reply_to = _check_epr_headers(found)
-    assert header is not None  # wsa:To was found inside it
+    if header is None:  # unreachable: wsa:To was found inside it
+        raise SoapError("missing_wsa_to", "soap:Header missing")
     return ParsedEnvelope(
         root=root,
         header=header,
@@ -463,9 +471,7 @@ def build_envelope(
 
     Every WS-Addressing header and the Body get a wsu:Id so that they can be signed.
     """
-    root = etree.Element(
-        SOAP_ENVELOPE, nsmap={"soapenv": SOAP11_NS, "wsa": WSA_NS, "wsu": WSU_NS}
-    )
+    root = etree.Element(SOAP_ENVELOPE, nsmap={"soapenv": SOAP11_NS, "wsa": WSA_NS, "wsu": WSU_NS})
     header = etree.SubElement(root, SOAP_HEADER)
     _wsa_element(header, "To", to)
     _wsa_element(header, "MessageID", message_id or new_message_id())
