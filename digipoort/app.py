@@ -25,7 +25,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from digipoort import db, metrics
-from digipoort.broker import WORK_QUEUES, Broker
+from digipoort.broker import Broker
 from digipoort.config import Settings, redact_url
 from digipoort.intake import Intake
 from digipoort.payloads import FilePayloadStore
@@ -140,7 +140,6 @@ class Gateway:
         assert self.broker is not None
         consumer = BatchConsumer(
             self.broker,
-            WORK_QUEUES[stage],
             stage,
             handler,
             prefetch=self.settings.broker.prefetch,

@@ -20,7 +20,12 @@ from uuid import UUID
 
 import aio_pika
 import structlog
-from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -107,6 +112,13 @@ class Broker:
         self._declared_aflever.clear()
         await self.ensure_aflever_queues(recipients)
         self.topology_declared = True
+
+    async def declare_work_queue(self, channel: AbstractChannel, stage: str) -> AbstractQueue:
+        """The work queue of ``stage`` on ``channel``, declared (idempotently) so a robust
+        channel re-declares it and restores its consumers after a reconnect."""
+        return await channel.declare_queue(
+            WORK_QUEUES[stage], durable=True, arguments=_work_queue_args(self.delivery_limit)
+        )
 
     async def ensure_aflever_queues(self, recipients: Iterable[str]) -> None:
         ch = self._channel

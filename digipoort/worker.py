@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from uuid import UUID
 
 import structlog
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
 from digipoort import metrics
 from digipoort.broker import Broker
@@ -41,7 +41,6 @@ class BatchConsumer:
     def __init__(
         self,
         broker: Broker,
-        queue_name: str,
         stage: str,
         handler: Handler,
         *,
@@ -49,7 +48,6 @@ class BatchConsumer:
         max_batch: int = 128,
     ) -> None:
         self._broker = broker
-        self._queue_name = queue_name
         self._stage = stage
         self._handler = handler
         self._prefetch = prefetch
@@ -57,15 +55,16 @@ class BatchConsumer:
         self._buffer: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
         self._channel: AbstractChannel | None = None
         self._consumer_tag: str | None = None
+        self._queue: AbstractQueue
         self._task: asyncio.Task[None] | None = None
         self._processing = asyncio.Lock()
 
     async def start(self) -> None:
         self._channel = await self._broker.channel(prefetch=self._prefetch)
-        queue = await self._channel.get_queue(self._queue_name, ensure=False)
-        self._consumer_tag = await queue.consume(self._on_message)
+        self._queue = await self._broker.declare_work_queue(self._channel, self._stage)
+        self._consumer_tag = await self._queue.consume(self._on_message)
         self._task = asyncio.get_running_loop().create_task(self._loop())
-        log.info("stage consuming", stage=self._stage, queue=self._queue_name)
+        log.info("stage consuming", stage=self._stage)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         self._buffer.put_nowait(message)
@@ -74,8 +73,7 @@ class BatchConsumer:
         """Stop taking work, finish the batch in hand; unacked messages return to the queue."""
         if self._channel is not None and self._consumer_tag is not None:
             try:
-                queue = await self._channel.get_queue(self._queue_name, ensure=False)
-                await queue.cancel(self._consumer_tag)
+                await self._queue.cancel(self._consumer_tag)
             except Exception as exc:
                 log.warning("cancel consumer failed", error=str(exc))
         async with self._processing:  # wait for the batch in hand

@@ -21,8 +21,16 @@ from tests.support import BELASTINGDIENST, CBS, HBAG, Env, aanlevering, wait_for
 
 def stage_process(env: Env) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "digipoort.cli", "serve", "--config", str(env.config_path),
-         "--components", "validator,router"],
+        [
+            sys.executable,
+            "-m",
+            "digipoort.cli",
+            "serve",
+            "--config",
+            str(env.config_path),
+            "--components",
+            "validator,router",
+        ],
         env={**os.environ, "DIGIPOORT_HTTP__PORT": "0", "DIGIPOORT_LOG_LEVEL": "error"},
         stdout=subprocess.DEVNULL,
     )
@@ -39,11 +47,14 @@ async def assert_delivered_once(env: Env, accepted: list[Accepted], recipients: 
     for oin in recipients:
         rows = await conn.fetch(
             "SELECT kenmerk, count(*) AS n FROM statuses WHERE code = '400' AND recipient_oin = $1"
-            " GROUP BY kenmerk", oin)
+            " GROUP BY kenmerk",
+            oin,
+        )
         assert {r["kenmerk"] for r in rows} == expected
         assert all(r["n"] == 1 for r in rows)
         assert await conn.fetchval(
-            "SELECT count(*) FROM deliveries WHERE recipient_oin = $1", oin) == len(expected)
+            "SELECT count(*) FROM deliveries WHERE recipient_oin = $1", oin
+        ) == len(expected)
         msgs = await env.queue_messages(oin, expect=len(expected), timeout=60, settle=0.5)
         ids = Counter(UUID(m.message_id or "") for m in msgs)
         assert set(ids) == expected, "every accepted envelope is in the recipient queue"
@@ -58,10 +69,12 @@ async def test_sigkill_stage_process_with_500_in_flight(env: Env) -> None:
     assert gw.intake is not None
     proc = stage_process(env)
     try:
-        accepted = await asyncio.gather(*(
-            gw.intake.aanleveren(aanlevering("CBS-Detailhandel", sample="cbs-detailhandel.xml"))
-            for _ in range(500)
-        ))
+        accepted = await asyncio.gather(
+            *(
+                gw.intake.aanleveren(aanlevering("CBS-Detailhandel", sample="cbs-detailhandel.xml"))
+                for _ in range(500)
+            )
+        )
 
         async def some_progress() -> bool:
             return await count_400(env) >= 50
@@ -109,8 +122,10 @@ async def test_confirm_fails_after_commit_sweeper_republishes(env: Env) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which("rabbitmqctl") is None or os.geteuid() != 0,
-                    reason="needs rabbitmqctl as root to restart the broker")
+@pytest.mark.skipif(
+    shutil.which("rabbitmqctl") is None or os.geteuid() != 0,
+    reason="needs rabbitmqctl as root to restart the broker",
+)
 async def test_rabbitmq_restart_during_run_loses_nothing(env: Env) -> None:
     env.settings.broker.publish_timeout_seconds = 1.0
     gw = await env.start_gateway()
@@ -128,8 +143,9 @@ async def test_rabbitmq_restart_during_run_loses_nothing(env: Env) -> None:
 
     producer = asyncio.create_task(submit())
     await wait_for(lambda: _at_least(accepted, 50), timeout=30, what="some submissions")
-    await asyncio.to_thread(subprocess.run, ["rabbitmqctl", "stop_app"], check=True,
-                            capture_output=True)
+    await asyncio.to_thread(
+        subprocess.run, ["rabbitmqctl", "stop_app"], check=True, capture_output=True
+    )
     try:
         # submissions go on while the broker is down: committed, hand-off not confirmed
         failed_before = _handoff_failures()
@@ -139,12 +155,14 @@ async def test_rabbitmq_restart_during_run_loses_nothing(env: Env) -> None:
 
         await wait_for(unhanded, timeout=30, what="a submission accepted during the outage")
     finally:
-        await asyncio.to_thread(subprocess.run, ["rabbitmqctl", "start_app"], check=True,
-                                capture_output=True)
-    await asyncio.to_thread(subprocess.run, ["rabbitmqctl", "await_startup"],
-                            capture_output=True)
+        await asyncio.to_thread(
+            subprocess.run, ["rabbitmqctl", "start_app"], check=True, capture_output=True
+        )
+    await asyncio.to_thread(subprocess.run, ["rabbitmqctl", "await_startup"], capture_output=True)
     n = len(accepted)
-    await wait_for(lambda: _at_least(accepted, n + 50), timeout=60, what="submissions after restart")
+    await wait_for(
+        lambda: _at_least(accepted, n + 50), timeout=60, what="submissions after restart"
+    )
     stop.set()
     await producer
 

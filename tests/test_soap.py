@@ -17,6 +17,7 @@ from adapters.wus.soap import (
     SOAP11_NS,
     SOAP12_NS,
     WSA_ANONYMOUS,
+    WSA_FAULT_ACTION,
     WSA_NS,
     WSU_NS,
     SoapError,
@@ -41,7 +42,9 @@ def _payload() -> etree._Element:
     return root
 
 
-def _envelope(headers: str = "", body: str = "<kv:x xmlns:kv='urn:kv'/>", *, wsa: str | None = None) -> bytes:
+def _envelope(
+    headers: str = "", body: str = "<kv:x xmlns:kv='urn:kv'/>", *, wsa: str | None = None
+) -> bytes:
     if wsa is None:
         wsa = (
             f"<wsa:To>{TO}</wsa:To><wsa:Action>{AANLEVER_ACTION}</wsa:Action>"
@@ -155,7 +158,7 @@ def test_build_fault_is_unsigned_well_formed_and_safe() -> None:
     )
     assert built.startswith(b'<?xml version="1.0" encoding="UTF-8"?>\n<soapenv:Envelope')
     parsed = parse_envelope(built)
-    assert parsed.action is not None
+    assert parsed.action == WSA_FAULT_ACTION
     assert b"Security" not in built
     fault = parsed.payload
     assert fault.findtext("faultcode") == "soapenv:Server"
@@ -164,11 +167,11 @@ def test_build_fault_is_unsigned_well_formed_and_safe() -> None:
     assert detail.findtext(f"{{{KOPPELVLAK_NS}}}foutbeschrijving") == "bad \ufffd char & <tag>"
 
 
-def test_build_fault_without_action_still_parses() -> None:
-    # No request to relate to (e.g. it was not even XML): To and MessageID only.
-    with pytest.raises(SoapError) as info:
-        parse_envelope(build_fault("soapenv:Client", "x", "aanleverFault", "ALS100", "y"))
-    assert info.value.code == "missing_wsa_action"
+def test_build_fault_without_action_uses_generic_wsa_fault_action() -> None:
+    # No request to relate to (e.g. it was not even XML): still a valid WS-A message.
+    parsed = parse_envelope(build_fault("soapenv:Client", "x", "aanleverFault", "ALS100", "y"))
+    assert parsed.action == WSA_FAULT_ACTION
+    assert parsed.relates_to is None
 
 
 @pytest.mark.parametrize(
@@ -205,9 +208,7 @@ def test_operation_actions_match_the_wsdls(wsdl: str) -> None:
     assert soap_actions
     for action in soap_actions:
         op = OPERATIONS[str(action)]
-        (port_op,) = tree.xpath(
-            f"//wsdl:portType/wsdl:operation[@name='{op.name}']", namespaces=ns
-        )
+        (port_op,) = tree.xpath(f"//wsdl:portType/wsdl:operation[@name='{op.name}']", namespaces=ns)
         output = port_op.find("wsdl:output", ns)
         fault = port_op.find("wsdl:fault", ns)
         assert output.get(f"{{{ns['wsaw']}}}Action") == op.response_action
@@ -266,7 +267,8 @@ def test_billion_laughs_refused_fast() -> None:
 @pytest.mark.parametrize(
     "data",
     [
-        b'<!DOCTYPE x [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>' + _envelope(body="<x>&xxe;</x>"),
+        b'<!DOCTYPE x [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>'
+        + _envelope(body="<x>&xxe;</x>"),
         b'<?xml version="1.0"?>\n<!-- c --><?pi x?>\n<!DOCTYPE s:Envelope SYSTEM "http://e/x.dtd">'
         + _envelope(),
         b"\xef\xbb\xbf<!DOCTYPE a>" + _envelope(),
@@ -335,7 +337,8 @@ def test_only_utf8(data: bytes) -> None:
             "missing_body",
         ),
         (
-            f'<s:Envelope xmlns:s="{SOAP11_NS}"><s:Body><x/></s:Body><s:Header/></s:Envelope>'.encode(),
+            f'<s:Envelope xmlns:s="{SOAP11_NS}"><s:Body><x/></s:Body><s:Header/>'
+            "</s:Envelope>".encode(),
             "bad_structure",
         ),
     ],
@@ -374,22 +377,34 @@ MID_H = "<wsa:MessageID>urn:uuid:1</wsa:MessageID>"
         (TO_H + ACTION_H + MID_H + "<wsa:RelatesTo>a</wsa:RelatesTo>" * 2, "duplicate_header"),
         (TO_H + "<wsa:Action><x/></wsa:Action>" + MID_H, "bad_wsa_header"),
         (
-            TO_H + ACTION_H + MID_H + "<wsa:ReplyTo><wsa:Address>https://evil/</wsa:Address></wsa:ReplyTo>",
+            TO_H
+            + ACTION_H
+            + MID_H
+            + "<wsa:ReplyTo><wsa:Address>https://evil/</wsa:Address></wsa:ReplyTo>",
             "reply_to_not_anonymous",
         ),
         (
-            TO_H + ACTION_H + MID_H + f"<wsa:ReplyTo><wsa:Address>{WSA_NS}/none</wsa:Address></wsa:ReplyTo>",
+            TO_H
+            + ACTION_H
+            + MID_H
+            + f"<wsa:ReplyTo><wsa:Address>{WSA_NS}/none</wsa:Address></wsa:ReplyTo>",
             "reply_to_not_anonymous",
         ),
         (TO_H + ACTION_H + MID_H + "<wsa:ReplyTo/>", "bad_wsa_header"),
         (
-            TO_H + ACTION_H + MID_H + "<wsa:FaultTo><wsa:Address>https://evil/</wsa:Address></wsa:FaultTo>",
+            TO_H
+            + ACTION_H
+            + MID_H
+            + "<wsa:FaultTo><wsa:Address>https://evil/</wsa:Address></wsa:FaultTo>",
             "wsa_address_not_allowed",
         ),
         (TO_H + ACTION_H + MID_H + "<my:Custom xmlns:my='urn:my'/>", "unknown_header"),
         (TO_H + ACTION_H + MID_H + "<wsa:Unknown/>", "unknown_header"),
         (
-            TO_H + ACTION_H + MID_H + f"<my:C xmlns:my='urn:my' s:mustUnderstand='1' xmlns:s='{SOAP11_NS}'/>",
+            TO_H
+            + ACTION_H
+            + MID_H
+            + f"<my:C xmlns:my='urn:my' s:mustUnderstand='1' xmlns:s='{SOAP11_NS}'/>",
             "not_understood",
         ),
     ],

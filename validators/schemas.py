@@ -69,5 +69,6 @@ def validate_document(
     if schema is None or schema.validate(tree):
         return []
     return [
-        Violation("schema", err.message, err.line) for err in list(schema.error_log)[:MAX_VIOLATIONS]
+        Violation("schema", err.message, err.line)
+        for err in list(schema.error_log)[:MAX_VIOLATIONS]
     ]

@@ -31,6 +31,7 @@ __all__ = [
     "SOAP12_NS",
     "STATUSINFORMATIESERVICE_NS",
     "WSA_ANONYMOUS",
+    "WSA_FAULT_ACTION",
     "WSA_NONE",
     "WSA_NS",
     "WSSE_NS",
@@ -66,6 +67,8 @@ AFLEVERSERVICE_NS: Final = "http://logius.nl/digipoort/wus/2.0/afleverservice/1.
 
 WSA_ANONYMOUS: Final = "http://www.w3.org/2005/08/addressing/anonymous"
 WSA_NONE: Final = "http://www.w3.org/2005/08/addressing/none"
+#: WS-Addressing's generic fault action, used when the operation is unknown.
+WSA_FAULT_ACTION: Final = "http://www.w3.org/2005/08/addressing/fault"
 
 # Clark-notation tags used throughout.
 SOAP_ENVELOPE: Final = f"{{{SOAP11_NS}}}Envelope"
@@ -516,8 +519,9 @@ def build_fault(
     """Serialize an (unsigned) Digipoort SOAP fault, shaped like the observed ones.
 
     ``detail_element_name`` is one of :data:`FAULT_DETAIL_ELEMENTS` (e.g. "aanleverFault");
-    ``action`` is normally the operation's fault action (``WusOperation.fault_action``)
-    and ``relates_to`` the request's MessageID.
+    ``action`` is normally the operation's fault action (``WusOperation.fault_action``);
+    without one (request not understood) WS-Addressing's generic fault action is used.
+    ``relates_to`` is the request's MessageID, if it had a usable one.
     """
     if faultcode not in ("soapenv:Client", "soapenv:Server"):
         raise ValueError("faultcode must be soapenv:Client or soapenv:Server")
@@ -529,8 +533,7 @@ def build_fault(
     header = etree.SubElement(root, SOAP_HEADER)
     etree.SubElement(header, f"{{{WSA_NS}}}To").text = WSA_ANONYMOUS
     etree.SubElement(header, f"{{{WSA_NS}}}MessageID").text = message_id or new_message_id()
-    if action:
-        etree.SubElement(header, f"{{{WSA_NS}}}Action").text = _xml_text(action)
+    etree.SubElement(header, f"{{{WSA_NS}}}Action").text = _xml_text(action or WSA_FAULT_ACTION)
     if relates_to:
         etree.SubElement(header, f"{{{WSA_NS}}}RelatesTo").text = _xml_text(relates_to)
     fault = etree.SubElement(etree.SubElement(root, SOAP_BODY), SOAP_FAULT)

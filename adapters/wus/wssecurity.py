@@ -21,7 +21,6 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from functools import lru_cache
 from typing import Final, Literal, cast
 
 from cryptography import x509
@@ -356,7 +355,7 @@ def _header_and_body(root: etree._Element) -> tuple[etree._Element, etree._Eleme
         raise ValueError("envelope contains more than one soap:Header")
     if headers:
         return headers[0], bodies[0]
-    header = etree.Element(SOAP_HEADER)
+    header = etree.SubElement(root, SOAP_HEADER)  # created in place: reuses the soap prefix
     root.insert(root.index(bodies[0]), header)
     return header, bodies[0]
 
@@ -416,7 +415,8 @@ def sign_envelope(
         header, WSSE_SECURITY, {SOAP_MUST_UNDERSTAND: "1"}, nsmap={"wsse": WSSE_NS, "wsu": WSU_NS}
     )
     header.insert(0, security)
-    timestamp = etree.SubElement(security, _WSU_TIMESTAMP, {WSU_ID: new_wsu_id("TS")})
+    timestamp_id = new_wsu_id("TS")
+    timestamp = etree.SubElement(security, _WSU_TIMESTAMP, {WSU_ID: timestamp_id})
     etree.SubElement(timestamp, _WSU_CREATED).text = _format_time(created)
     etree.SubElement(timestamp, _WSU_EXPIRES).text = _format_time(created + timestamp_ttl)
     token_id = new_wsu_id("X509")
@@ -431,7 +431,7 @@ def sign_envelope(
     signed_info = etree.SubElement(signature, _DS_SIGNED_INFO)
     etree.SubElement(signed_info, _DS_C14N_METHOD, {"Algorithm": EXC_C14N_NS})
     etree.SubElement(signed_info, _DS_SIGNATURE_METHOD, {"Algorithm": suite[0]})
-    for target_id, target in [(timestamp.get(WSU_ID) or "", timestamp), *targets]:
+    for target_id, target in [(timestamp_id, timestamp), *targets]:
         _add_reference(signed_info, target, target_id, suite)
     value = private_key.sign(_c14n(signed_info), padding.PKCS1v15(), _CRYPTO_HASHES[suite[2]]())
     etree.SubElement(signature, _DS_SIGNATURE_VALUE).text = base64.b64encode(value).decode("ascii")
@@ -664,7 +664,6 @@ def _resolve(
     return resolved
 
 
-@lru_cache(maxsize=256)
 def _load_certificate(der: bytes) -> tuple[x509.Certificate, rsa.RSAPublicKey | None]:
     certificate = x509.load_der_x509_certificate(der)
     key = certificate.public_key()
