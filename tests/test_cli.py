@@ -17,12 +17,17 @@ from digipoort import db, provision, registry_store
 from digipoort.cli import main
 from digipoort.config import load_settings
 from digipoort.pki.trust import CertificateVerifier
-from tests.support import ALFA, MGMT, PG_ADMIN, AMQP, Env, free_port, wait_for
+from tests.support import ALFA, AMQP, MGMT, PG_ADMIN, Env, free_port, wait_for
 
 SAMPLE_OINS = [
-    "00000099100000010000", "00000099100000020000", "00000099200000010000",
-    "00000099200000020000", "00000099200000030000", "00000099200000040000",
-    "00000099200000050000", "00000099200000060000",
+    "00000099100000010000",
+    "00000099100000020000",
+    "00000099200000010000",
+    "00000099200000020000",
+    "00000099200000030000",
+    "00000099200000040000",
+    "00000099200000050000",
+    "00000099200000060000",
 ]
 
 
@@ -43,8 +48,12 @@ def test_dev_init_writes_environment_and_keeps_keys(tmp_path: Path) -> None:
     settings = load_settings(d / "digipoort.toml")
     assert len(settings.registry.participants) == 8
     assert {b.name for b in settings.registry.berichtsoorten} == {
-        "Omzetbelasting", "CBS-Detailhandel", "DigiInkoop-Factuur", "DigiInkoop-Order",
-        "Douane-Uitvoer", "DNB-DGS",
+        "Omzetbelasting",
+        "CBS-Detailhandel",
+        "DigiInkoop-Factuur",
+        "DigiInkoop-Order",
+        "Douane-Uitvoer",
+        "DNB-DGS",
     }
     key = (d / "pki" / f"{ALFA}.key").read_bytes()
     out = invoke("dev", "init", "--dir", str(d))
@@ -71,7 +80,9 @@ async def test_registry_load_is_idempotent_and_audited(env: Env) -> None:
     changed.berichtsoorten[0].max_size = 1234
     changes = await registry_store.load_config(conn, changed, actor="operator-x")
     assert changes == [f"berichtsoort.update {changed.berichtsoorten[0].name}"]
-    row = await conn.fetchrow("SELECT actor, action, detail FROM registry_audit ORDER BY id DESC LIMIT 1")
+    row = await conn.fetchrow(
+        "SELECT actor, action, detail FROM registry_audit ORDER BY id DESC LIMIT 1"
+    )
     assert row["actor"] == "operator-x" and row["detail"]["after"]["max_size"] == 1234
 
 
@@ -81,22 +92,52 @@ async def test_dev_init_output_serves_unchanged_and_sigterm_exits_0(tmp_path: Pa
     http_port = free_port()
     env = {**os.environ, "DIGIPOORT_LOG_LEVEL": "warning"}
     base = [sys.executable, "-m", "digipoort.cli"]
-    await asyncio.to_thread(subprocess.run, [
-        *base, "dev", "init", "--dir", str(d), "--database-url", f"{PG_ADMIN}/{name}",
-        "--broker-url", f"{AMQP}/{name}", "--management-url", MGMT,
-        "--http-port", str(http_port), "--wus-port", str(free_port()),
-    ], check=True, env=env, capture_output=True)
+    await asyncio.to_thread(
+        subprocess.run,
+        [
+            *base,
+            "dev",
+            "init",
+            "--dir",
+            str(d),
+            "--database-url",
+            f"{PG_ADMIN}/{name}",
+            "--broker-url",
+            f"{AMQP}/{name}",
+            "--management-url",
+            MGMT,
+            "--http-port",
+            str(http_port),
+            "--wus-port",
+            str(free_port()),
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
     cfg = str(d / "digipoort.toml")
     try:
-        await asyncio.to_thread(subprocess.run, [*base, "setup", "--config", cfg], check=True,
-                                env=env, capture_output=True)
-        proc = subprocess.Popen([*base, "serve", "--config", cfg], env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        await asyncio.to_thread(
+            subprocess.run,
+            [*base, "setup", "--config", cfg],
+            check=True,
+            env=env,
+            capture_output=True,
+        )
+        proc = subprocess.Popen(
+            [*base, "serve", "--config", cfg],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         try:
+
             async def ready() -> bool:
                 try:
-                    async with aiohttp.ClientSession() as s, s.get(
-                        f"http://127.0.0.1:{http_port}/readyz") as r:
+                    async with (
+                        aiohttp.ClientSession() as s,
+                        s.get(f"http://127.0.0.1:{http_port}/readyz") as r,
+                    ):
                         return r.status == 200
                 except aiohttp.ClientError:
                     return False
