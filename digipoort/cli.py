@@ -270,5 +270,17 @@ def status(config_path: Path | None, kenmerk: UUID, as_json: bool) -> None:
                 click.echo(f"      {line}")
 
 
+def _load_plugin_commands() -> None:
+    """Commands of the other packages (routing, adapters) plug in through the
+    ``digipoort.commands`` entry point group: each value is a click command or group."""
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="digipoort.commands"):
+        if ep.name not in main.commands:
+            main.add_command(ep.load(), ep.name)
+
+
+_load_plugin_commands()
+
 if __name__ == "__main__":
     main()
