@@ -20,7 +20,17 @@ from digipoort import db, provision, registry_store
 from digipoort.app import Gateway
 from digipoort.broker import aflever_queue
 from digipoort.config import Settings, load_settings
-from digipoort.devenv import render_config
+from digipoort.devenv import (  # noqa: F401 - re-exported for the tests
+    ALFA,
+    BELASTINGDIENST,
+    BETA,
+    CBS,
+    DNB,
+    DOUANE,
+    HBAG,
+    RIJKSDIENST_INKOOP,
+    render_config,
+)
 from digipoort.envelope import Aanlevering, Document, Identiteit
 from digipoort.status import Status
 from digipoort.statusstore import history
@@ -31,13 +41,6 @@ PG_ADMIN = os.environ.get("DIGIPOORT_TEST_PG", "postgresql://postgres@127.0.0.1:
 AMQP = os.environ.get("DIGIPOORT_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672")
 MGMT = os.environ.get("DIGIPOORT_TEST_MGMT", "http://guest:guest@127.0.0.1:15672")
 
-ALFA, BETA = "00000099100000010000", "00000099100000020000"
-BELASTINGDIENST, CBS, HBAG = "00000099200000010000", "00000099200000020000", "00000099200000030000"
-RIJKSDIENST_INKOOP, DOUANE, DNB = (
-    "00000099200000040000",
-    "00000099200000050000",
-    "00000099200000060000",
-)
 SAMPLES = Path(__file__).resolve().parent.parent / "validators" / "samples"
 
 
