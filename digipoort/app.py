@@ -15,6 +15,7 @@ Every process serves ``/metrics``, ``/healthz`` and ``/readyz`` on the HTTP port
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
@@ -22,7 +23,7 @@ from importlib.metadata import EntryPoint, entry_points
 import asyncpg
 import structlog
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 
 from digipoort import db, metrics
 from digipoort.broker import Broker
@@ -178,7 +179,7 @@ class Gateway:
         async def metrics_view(_: web.Request) -> web.Response:
             await self.ready()
             return web.Response(
-                body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST}
+                body=metrics_exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST}
             )
 
         app.router.add_get("/healthz", healthz)
@@ -211,6 +212,15 @@ class Gateway:
         if self._http is not None:
             await self._http.cleanup()
         log.info("gateway stopped")
+
+
+def metrics_exposition() -> bytes:
+    """All metrics; under ``serve --processes N`` those of every worker process."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)
+    return generate_latest()
 
 
 def _recipients(registry: Registry) -> Iterable[str]:

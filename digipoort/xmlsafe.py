@@ -19,7 +19,10 @@ through :func:`parse`. The defences, in the order they run:
    ``limits.max_elements`` elements (it has more ``<`` bytes than that), the tree is built
    by a pull parser that counts start events and stops as soon as the limit is passed, so a
    flat ``<a/><a/>...`` bomb never becomes a huge tree. Every tree is then checked exactly
-   (element count, depth, no DTD) with compiled XPath, which runs in C.
+   with compiled XPath, which runs in C: element count, depth (when ``limits.max_depth`` is
+   below libxml2's own 256) and, once more, no DTD. The ``<``-byte estimate holds for every
+   encoding libxml2 reads here except UTF-7 (where ``<`` may be ``+ADw-``); such a document
+   is still refused exactly, only after its tree (bounded by ``max_bytes``) was built.
 
 XInclude is never processed and ``xsi:schemaLocation`` hints are never followed (lxml's
 XSD validation does not load them), so parsing plus validation does no I/O at all.
@@ -32,7 +35,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, cast
 
 from lxml import etree
 
@@ -53,9 +56,10 @@ LIBXML2_MAX_DEPTH: Final = 256
 # Bytes handed to the pull parser per feed() when the element count must be watched.
 _FEED_CHUNK: Final = 64 * 1024
 
-# libxml2 error numbers (xmlParserErrors) that mean "a parser resource limit was hit".
-_ERR_NAME_TOO_LONG: Final = 110
-_ERR_RESOURCE_LIMIT: Final = 114
+# libxml2 errors (xmlParserErrors) that mean "a parser resource limit was hit".
+_LIMIT_ERRORS: Final[frozenset[int]] = frozenset(
+    {cast(Any, etree).ErrorTypes.ERR_RESOURCE_LIMIT, cast(Any, etree).ErrorTypes.ERR_NAME_TOO_LONG}
+)
 
 
 class XmlRejected(Exception):
@@ -198,11 +202,16 @@ def _refuse_doctype(data: bytes) -> None:
 
 def _doctype_line(data: bytes) -> int | None:
     """Best-effort line of the DOCTYPE (the probe target is not told where it is)."""
-    for encoding in ("utf-8", "utf-16-le", "utf-16-be"):
-        at = data.find("<!DOCTYPE".encode(encoding))
-        if at >= 0:
-            return data[:at].decode(encoding, errors="replace").count("\n") + 1
-    return None
+    if data[:2] in (b"\xfe\xff", b"\x00<"):
+        encoding = "utf-16-be"
+    elif data[:2] in (b"\xff\xfe", b"<\x00"):
+        encoding = "utf-16-le"
+    else:
+        encoding = "utf-8"  # any ASCII-compatible encoding
+    at = data.find("<!DOCTYPE".encode(encoding))
+    if at < 0:
+        return None
+    return data[:at].decode(encoding, errors="replace").count("\n") + 1
 
 
 def _parse_whole(
@@ -265,7 +274,7 @@ def _check_tree(tree: etree._ElementTree, limits: XmlLimits) -> None:
     if docinfo.internalDTD is not None or docinfo.externalDTD is not None or docinfo.doctype:
         # Unreachable while the probe works; kept as a second line of defence.
         raise XmlRejected("dtd_forbidden", "a DOCTYPE declaration (DTD) is not allowed")
-    count = int(_COUNT_ELEMENTS(tree))
+    count = int(cast(float, _COUNT_ELEMENTS(tree)))
     if count > limits.max_elements:
         found: Any = _NTH_ELEMENT(tree, n=limits.max_elements + 1)
         raise XmlRejected(
@@ -287,8 +296,8 @@ def _from_syntax_error(exc: etree.XMLSyntaxError, limits: XmlLimits) -> XmlRejec
     details: Any = exc
     lineno = details.lineno
     line = lineno if isinstance(lineno, int) and lineno > 0 else None
-    message = details.msg or str(exc) or "not well-formed XML"
-    if details.code in (_ERR_RESOURCE_LIMIT, _ERR_NAME_TOO_LONG):
+    message = " ".join(str(details.msg or exc).split()) or "not well-formed XML"
+    if details.code in _LIMIT_ERRORS:
         if "depth" in message.lower():
             depth = min(limits.max_depth, LIBXML2_MAX_DEPTH)
             return XmlRejected(
