@@ -68,6 +68,61 @@ class WusConfig(BaseModel):
     max_request_bytes: int = 30 * 1024 * 1024
 
 
+class SmtpConfig(BaseModel):
+    """SMTP-MSA submission (STARTTLS + client certificate) and the SMTP relay."""
+
+    host: str = "127.0.0.1"
+    port: int = 8587
+    domain: str = "digipoort.test"  # flow addresses are <berichtsoort>@<domain>
+    max_message_bytes: int = 20 * 1024 * 1024
+    max_sessions: int = 100
+    timeout_seconds: float = 60.0
+    max_recipients: int = 10
+    max_parts: int = 100
+
+
+class Pop3Config(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 8110
+    timeout_seconds: float = 300.0
+    max_sessions: int = 100
+
+
+class FtpConfig(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 8021
+    passive_port_min: int = 30000
+    passive_port_max: int = 30100
+    # Advertised address for passive mode (the address clients connect to).
+    public_host: str = "127.0.0.1"
+    root_dir: Path = Path("data/ftp")
+    partial_ttl_seconds: float = 24 * 3600
+    quota_bytes: int = 10 * 1024**3
+    max_sessions: int = 50
+    timeout_seconds: float = 300.0
+
+
+class AfleverConfig(BaseModel):
+    """Push delivery (WUS AfleverService, SMTP relay): retries and circuit breaker."""
+
+    retry_for_hours: float = 72.0
+    base_delay_seconds: float = 5.0
+    max_delay_seconds: float = 900.0
+    timeout_seconds: float = 30.0
+    breaker_failures: int = 5
+    breaker_reset_seconds: float = 60.0
+
+
+class GroteBerichtenConfig(BaseModel):
+    """Digikoppeling Grote Berichten: large payloads fetched by reference over HTTPS."""
+
+    # afleverRequests carry documents larger than this as a reference
+    threshold_bytes: int = 4 * 1024 * 1024
+    expiration_hours: float = 7 * 24
+    # payloads of fully delivered envelopes are removed this long after the last fetch
+    retention_hours: float = 7 * 24
+
+
 class IntakeConfig(BaseModel):
     max_batch: int = 256
     # A submission whose hand-off to RabbitMQ was not confirmed is republished by the
@@ -95,6 +150,11 @@ class Settings(BaseSettings):
     pki: PkiConfig = Field(default_factory=PkiConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
     wus: WusConfig = Field(default_factory=WusConfig)
+    smtp: SmtpConfig = Field(default_factory=SmtpConfig)
+    pop3: Pop3Config = Field(default_factory=Pop3Config)
+    ftp: FtpConfig = Field(default_factory=FtpConfig)
+    aflever: AfleverConfig = Field(default_factory=AfleverConfig)
+    grote_berichten: GroteBerichtenConfig = Field(default_factory=GroteBerichtenConfig)
     intake: IntakeConfig = Field(default_factory=IntakeConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)

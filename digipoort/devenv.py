@@ -65,6 +65,22 @@ port = {wus_port}
 public_url = "https://localhost:{wus_port}"
 allow_sha1 = true
 
+[smtp]
+host = "127.0.0.1"
+port = {smtp_port}
+domain = "digipoort.test"
+
+[pop3]
+host = "127.0.0.1"
+port = {pop3_port}
+
+[ftp]
+host = "127.0.0.1"
+port = {ftp_port}
+passive_port_min = {ftp_passive_min}
+passive_port_max = {ftp_passive_max}
+root_dir = "data/ftp"
+
 # ---- sample registry (test OINs) -------------------------------------------------------
 {participants}
 [[registry.berichtsoorten]]
@@ -128,6 +144,11 @@ def render_config(
     management_url: str = "http://guest:guest@127.0.0.1:15672",
     http_port: int = 9464,
     wus_port: int = 8443,
+    smtp_port: int = 8587,
+    pop3_port: int = 8110,
+    ftp_port: int = 8021,
+    ftp_passive_min: int = 30000,
+    ftp_passive_max: int = 30100,
 ) -> str:
     participants = "".join(
         f'[[registry.participants]]\noin = "{oin}"\nname = "{name}"\nroles = {roles!r}\n\n'.replace(
@@ -141,6 +162,11 @@ def render_config(
         management_url=management_url,
         http_port=http_port,
         wus_port=wus_port,
+        smtp_port=smtp_port,
+        pop3_port=pop3_port,
+        ftp_port=ftp_port,
+        ftp_passive_min=ftp_passive_min,
+        ftp_passive_max=ftp_passive_max,
         participants=participants,
         alfa=ALFA,
         beta=BETA,

@@ -166,12 +166,18 @@ async def create_env(base: Path, pki: Path, template_db: str) -> Env:
     await provision.Management(MGMT).ensure_vhost(name)
     db_url = f"{PG_ADMIN}/{name}"
     amqp_url = f"{AMQP}/{name}"
+    passive = 30000 + (uuid.uuid4().int % 1500) * 20  # a random block of 20 passive ports
     config = render_config(
         database_url=db_url,
         broker_url=amqp_url,
         management_url=MGMT,
         http_port=free_port(),
         wus_port=free_port(),
+        smtp_port=free_port(),
+        pop3_port=free_port(),
+        ftp_port=free_port(),
+        ftp_passive_min=passive,
+        ftp_passive_max=passive + 19,
     )
     config_path = directory / "digipoort.toml"
     config_path.write_text(config, encoding="utf-8")
