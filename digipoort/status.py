@@ -19,6 +19,7 @@ OMSCHRIJVINGEN: dict[str, str] = {
     "321": "Technisch probleem bij validatie",
     "405": "Afleveren naar uitvragende partij bezig",
     "400": "Afleveren uitvragende partij gelukt",
+    "402": "Groot bericht opgehaald door uitvragende partij",
     "410": "Afleveren niet gelukt",
     "420": "Technisch probleem bij afleverservice uitvragende partij",
     "500": "Validatie bij de uitvragende partij gelukt",

@@ -33,18 +33,23 @@ def _identiteit(parent: etree._Element, name: str, ident: Identiteit) -> None:
     _text(el, "type", ident.type)
 
 
-def _inhoud(parent: etree._Element, name: str, doc: StoredDocument, content: bytes) -> None:
+def _inhoud(
+    parent: etree._Element, name: str, doc: StoredDocument, content: bytes, mime_type: str
+) -> None:
     el = etree.SubElement(parent, _Q + name)
-    _text(el, "mimeType", doc.mime_type)
+    _text(el, "mimeType", mime_type)
     _text(el, "bestandsnaam", doc.bestandsnaam)
     _text(el, "inhoud", base64.b64encode(content).decode("ascii"))
 
 
 def build_aflever_request(
-    record: EnvelopeRecord, content_of: Callable[[StoredDocument], bytes]
+    record: EnvelopeRecord,
+    content_of: Callable[[StoredDocument], bytes],
+    mime_of: Callable[[StoredDocument], str] | None = None,
 ) -> bytes:
     """``content_of`` returns the bytes to put in ``inhoud`` for a document (its content,
-    or for a large one a Grote Berichten reference document)."""
+    or for a large one a Grote Berichten reference document); ``mime_of`` its mimeType."""
+    mime = mime_of or (lambda d: d.mime_type)
     root = etree.Element(_Q + "afleverRequest", nsmap={None: NS})  # type: ignore[dict-item]
     _text(root, "kenmerk", str(record.kenmerk))
     _text(root, "berichtsoort", record.berichtsoort)
@@ -58,9 +63,9 @@ def build_aflever_request(
         _identiteit(root, "identiteitOntvanger", record.ontvanger)
     _text(root, "rolOntvanger", record.rol_ontvanger)
     docs = sorted(record.documents, key=lambda d: d.seq)
-    _inhoud(root, "berichtInhoud", docs[0], content_of(docs[0]))
+    _inhoud(root, "berichtInhoud", docs[0], content_of(docs[0]), mime(docs[0]))
     if len(docs) > 1:
         bijlagen = etree.SubElement(root, _Q + "berichtBijlagen")
         for d in docs[1:]:
-            _inhoud(bijlagen, "bijlage", d, content_of(d))
+            _inhoud(bijlagen, "bijlage", d, content_of(d), mime(d))
     return etree.tostring(root, xml_declaration=True, encoding="UTF-8")

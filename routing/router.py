@@ -12,7 +12,7 @@ recipients of an envelope, once routed, never change.
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
 import asyncpg
@@ -20,6 +20,7 @@ import structlog
 
 from digipoort import metrics
 from digipoort.broker import Broker
+from digipoort.config import GroteBerichtenConfig
 from digipoort.envelope import EnvelopeRecord, StoredDocument
 from digipoort.envelopestore import fetch_envelopes, set_stage
 from digipoort.payloads import PayloadStore
@@ -27,6 +28,7 @@ from digipoort.registry_store import RegistryHolder
 from digipoort.status import Status
 from digipoort.statusstore import write_statuses
 from routing.afleverrequest import build_aflever_request
+from routing.grote_berichten import REFERENCE_MIME_TYPE, Reference, build_reference
 
 log = structlog.get_logger(__name__)
 
@@ -40,11 +42,16 @@ class RoutingStage:
         broker: Broker,
         store: PayloadStore,
         registry: RegistryHolder,
+        *,
+        grote_berichten: GroteBerichtenConfig | None = None,
+        public_url: str = "https://localhost:8443",
     ) -> None:
         self._pool = pool
         self._broker = broker
         self._store = store
         self._registry = registry
+        self._gb = grote_berichten or GroteBerichtenConfig()
+        self._public_url = public_url.rstrip("/")
 
     async def handle(self, kenmerken: list[UUID]) -> None:
         records = await fetch_envelopes(self._pool, kenmerken)
@@ -137,13 +144,44 @@ class RoutingStage:
             raise RuntimeError(f"{len(failed)} deliveries not confirmed") from failed[0]
 
     async def _body(self, record: EnvelopeRecord) -> bytes:
+        """The afleverRequest: small documents inline, large ones as a Grote Berichten
+        reference (recorded in ``gb_references`` so the download endpoint serves it)."""
         contents: dict[int, bytes] = {}
+        references: list[tuple[StoredDocument, Reference]] = []
+        now = datetime.now(UTC)
         for doc in record.documents:
-            contents[doc.seq] = (
-                doc.data if doc.data is not None else await self._store.read(doc.sha256)
+            if doc.size > self._gb.threshold_bytes:
+                ref = Reference(
+                    context_id=f"{record.kenmerk}/{doc.seq}",
+                    url=f"{self._public_url}/grote-berichten/{record.kenmerk}/{doc.seq}",
+                    filename=doc.bestandsnaam,
+                    content_type=doc.mime_type,
+                    size=doc.size,
+                    sha256=doc.sha256,
+                    creation_time=now,
+                    expiration_time=now + timedelta(hours=self._gb.expiration_hours),
+                )
+                references.append((doc, ref))
+                contents[doc.seq] = build_reference(ref)
+            elif doc.data is not None:
+                contents[doc.seq] = doc.data
+            else:
+                contents[doc.seq] = await self._store.read(doc.sha256)
+        if references:
+            await self._pool.executemany(
+                "INSERT INTO gb_references (kenmerk, seq, sha256, size, expires_at)"
+                " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (kenmerk, seq) DO NOTHING",
+                [
+                    (record.kenmerk, d.seq, d.sha256, d.size, r.expiration_time)
+                    for d, r in references
+                ],
             )
+        by_ref = {d.seq for d, _ in references}
 
         def content_of(doc: StoredDocument) -> bytes:
             return contents[doc.seq]
 
-        return build_aflever_request(record, content_of)
+        def mime_of(doc: StoredDocument) -> str:
+            return REFERENCE_MIME_TYPE if doc.seq in by_ref else doc.mime_type
+
+        return build_aflever_request(record, content_of, mime_of)
