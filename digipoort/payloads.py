@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -41,6 +42,7 @@ class PayloadStore(Protocol):
         self, sha256: str, start: int = 0, end: int | None = None
     ) -> AsyncIterator[bytes]: ...
     async def size(self, sha256: str) -> int | None: ...
+    async def age_seconds(self, sha256: str) -> float | None: ...
     async def delete(self, sha256: str) -> None: ...
 
 
@@ -76,8 +78,9 @@ class FileBlobWriter:
             os.fsync(self._fh.fileno())
             self._fh.close()
             final.parent.mkdir(parents=True, exist_ok=True)
-            if final.exists():
+            if final.exists():  # deduplicated: keep the stored copy, mark it as in use
                 self._tmp.unlink()
+                os.utime(final)
             else:
                 os.replace(self._tmp, final)
                 dir_fd = os.open(final.parent, os.O_RDONLY)
@@ -147,6 +150,14 @@ class FilePayloadStore:
             return (await asyncio.to_thread(self.path_for(sha256).stat)).st_size
         except FileNotFoundError:
             return None
+
+    async def age_seconds(self, sha256: str) -> float | None:
+        """Seconds since the payload was last written or deduplicated; None if absent."""
+        try:
+            mtime = (await asyncio.to_thread(self.path_for(sha256).stat)).st_mtime
+        except FileNotFoundError:
+            return None
+        return max(0.0, time.time() - mtime)
 
     async def delete(self, sha256: str) -> None:
         await asyncio.to_thread(self.path_for(sha256).unlink, True)

@@ -181,3 +181,29 @@ def test_parse_range_never_crashes(header: str, size: int) -> None:
     assert span is not None
     start, end = span
     assert 0 <= start < end <= size
+
+
+async def test_retention_removes_payloads_only_when_nothing_needs_them(
+    env: Env, gb: tuple[Gateway, Server]
+) -> None:
+    from routing.retention import sweep_once
+
+    gw, server = gb
+    assert gw.pool is not None and gw.store is not None
+    large = xml_of_size(5 * MiB)
+    sha = hashlib.sha256(large).hexdigest()
+    _, _, kenmerk = await submit_and_receive(env, gw, large)
+    assert await sweep_once(gw.pool, gw.store, retention_seconds=0, grace_seconds=0) == 0
+    assert await gw.store.size(sha) == len(large), "not fetched yet: kept"
+    async with (
+        server.client(BELASTINGDIENST) as client,
+        client.get(f"{server.url}/grote-berichten/{kenmerk}/0") as r,
+    ):
+        assert await r.read() == large
+    assert await sweep_once(gw.pool, gw.store, retention_seconds=3600, grace_seconds=0) == 0
+    assert await gw.store.size(sha) is not None, "within the retention period: kept"
+    assert await sweep_once(gw.pool, gw.store, retention_seconds=0, grace_seconds=3600) == 0
+    assert await gw.store.size(sha) is not None, "recently written: kept"
+    assert await sweep_once(gw.pool, gw.store, retention_seconds=0, grace_seconds=0) == 1
+    assert await gw.store.size(sha) is None
+    assert await sweep_once(gw.pool, gw.store, retention_seconds=0, grace_seconds=0) == 0
