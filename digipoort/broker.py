@@ -9,6 +9,13 @@ Topology (declared idempotently at start by every process):
   ``digipoort.aflever.<OIN>``; body = an ``afleverRequest`` document.
 * ``digipoort.dead`` (fanout) → quorum queue ``digipoort.dead``: messages that exceeded
   the delivery limit of a work queue (poison messages), dead-lettered at-least-once.
+  The same fanout also feeds ``digipoort.dead.history``, from which the ``deadletters``
+  component records the status that tells the sender (``routing/deadletters.py``).
+  A stage that gives up on a message itself publishes it there with the reason in
+  ``x-digipoort-*`` headers (:meth:`Broker.publish_dead`).
+* ``digipoort.status`` (topic) → quorum queue ``digipoort.statusreports``: recipients'
+  own ``zetStatusRequest`` reports (routing key: the recipient's OIN), consumed by the
+  ``statusreports`` component; refused reports are dead-lettered with a reason.
 """
 
 from __future__ import annotations
@@ -36,6 +43,15 @@ DEAD_QUEUE = "digipoort.dead"
 VALIDATE = "validate"
 ROUTE = "route"
 WORK_QUEUES = {VALIDATE: "digipoort.validate", ROUTE: "digipoort.route"}
+DEAD_HISTORY_QUEUE = "digipoort.dead.history"
+STATUS_EXCHANGE = "digipoort.status"
+STATUS_QUEUE = "digipoort.statusreports"
+STATUS_REPORTS = "statusreports"
+# Headers of a message a stage dead-lettered itself (the broker adds ``x-death`` instead).
+DEAD_STAGE = "x-digipoort-stage"
+DEAD_QUEUE_HEADER = "x-digipoort-queue"
+DEAD_REASON = "x-digipoort-reason"
+DEAD_DELIVERIES = "x-digipoort-deliveries"
 
 
 def aflever_queue(oin: str) -> str:
@@ -59,9 +75,7 @@ def _aflever_queue_args() -> dict[str, Any]:
 class Broker:
     """One robust connection with a confirming publisher channel."""
 
-    def __init__(
-        self, url: str, *, delivery_limit: int = 5, publish_timeout: float = 10.0
-    ) -> None:
+    def __init__(self, url: str, *, delivery_limit: int = 5, publish_timeout: float = 10.0) -> None:
         self.url = url
         self.publish_timeout = publish_timeout
         self.delivery_limit = delivery_limit
@@ -69,6 +83,7 @@ class Broker:
         self._channel: AbstractChannel | None = None
         self._work: AbstractExchange | None = None
         self._aflever: AbstractExchange | None = None
+        self._dead: AbstractExchange | None = None
         self._declared_aflever: set[str] = set()
         self.topology_declared = False
 
@@ -98,6 +113,16 @@ class Broker:
         dead = await ch.declare_exchange(DEAD_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=True)
         dq = await ch.declare_queue(DEAD_QUEUE, durable=True, arguments={"x-queue-type": "quorum"})
         await dq.bind(dead)
+        self._dead = dead
+        hq = await ch.declare_queue(
+            DEAD_HISTORY_QUEUE, durable=True, arguments={"x-queue-type": "quorum"}
+        )
+        await hq.bind(dead)
+        status = await ch.declare_exchange(
+            STATUS_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True
+        )
+        sq = await self.declare_status_queue(ch)
+        await sq.bind(status, routing_key="#")
         self._work = await ch.declare_exchange(
             WORK_EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True
         )
@@ -118,6 +143,47 @@ class Broker:
         channel re-declares it and restores its consumers after a reconnect."""
         return await channel.declare_queue(
             WORK_QUEUES[stage], durable=True, arguments=_work_queue_args(self.delivery_limit)
+        )
+
+    async def declare_status_queue(self, channel: AbstractChannel) -> AbstractQueue:
+        """The queue of recipients' status reports (same limits as a work queue)."""
+        return await channel.declare_queue(
+            STATUS_QUEUE, durable=True, arguments=_work_queue_args(self.delivery_limit)
+        )
+
+    async def declare_dead_history_queue(self, channel: AbstractChannel) -> AbstractQueue:
+        return await channel.declare_queue(
+            DEAD_HISTORY_QUEUE, durable=True, arguments={"x-queue-type": "quorum"}
+        )
+
+    async def publish_dead(
+        self,
+        body: bytes,
+        *,
+        message_id: str | None,
+        stage: str,
+        queue: str,
+        reason: str,
+        deliveries: int,
+        content_type: str | None = None,
+    ) -> None:
+        """Dead-letter a message with the reason in its headers; returns after the confirm."""
+        assert self._dead is not None
+        await self._dead.publish(
+            aio_pika.Message(
+                body,
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                message_id=message_id,
+                content_type=content_type,
+                headers={
+                    DEAD_STAGE: stage,
+                    DEAD_QUEUE_HEADER: queue,
+                    DEAD_REASON: reason[:2000],
+                    DEAD_DELIVERIES: deliveries,
+                },
+            ),
+            routing_key="",
+            timeout=self.publish_timeout,
         )
 
     async def ensure_aflever_queues(self, recipients: Iterable[str]) -> None:

@@ -190,10 +190,27 @@ def registry_load(config_path: Path | None, actor: str) -> None:
     default=None,
     help="Comma-separated subset (default: all). E.g. validator,router.",
 )
-def serve(config_path: Path | None, components: str | None) -> None:
+@click.option(
+    "--processes",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Worker processes sharing the listening ports (SO_REUSEPORT) and the queues.",
+)
+def serve(config_path: Path | None, components: str | None, processes: int) -> None:
     """Run the gateway (all components in one process by default)."""
     settings = _settings(config_path)
     from digipoort.app import Gateway, all_components
+
+    if processes > 1:
+        from digipoort.supervisor import supervise
+
+        args = ["serve"]
+        if config_path is not None:
+            args += ["--config", str(config_path)]
+        if components:
+            args += ["--components", components]
+        sys.exit(supervise(args, processes))
 
     names = (
         tuple(c.strip() for c in components.split(",") if c.strip())
@@ -215,13 +232,163 @@ def serve(config_path: Path | None, components: str | None) -> None:
     _run(go)
 
 
+# -- test clients (submit, status --via) ---------------------------------------------------
+def client_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--cert/--key/--ca/--url of a koppelvlak test client."""
+    for option in reversed(
+        [
+            click.option(
+                "--cert",
+                type=click.Path(path_type=Path, dir_okay=False, exists=True),
+                help="Participant certificate (PEM, leaf + chain).",
+            ),
+            click.option(
+                "--key",
+                type=click.Path(path_type=Path, dir_okay=False, exists=True),
+                help="Participant private key (PEM).",
+            ),
+            click.option(
+                "--ca",
+                type=click.Path(path_type=Path, dir_okay=False, exists=True),
+                help="Trust root of the gateway (default: ca.crt next to --cert).",
+            ),
+            click.option(
+                "--url",
+                default=None,
+                help="Gateway base URL (default: wus.public_url of the config).",
+            ),
+        ]
+    ):
+        fn = option(fn)
+    return fn
+
+
+def _submitter(via: str) -> Any:
+    """The test client of a koppelvlak, from the ``digipoort.submitters`` entry points
+    (the core never imports adapters directly)."""
+    from importlib.metadata import entry_points
+
+    found = {ep.name: ep for ep in entry_points(group="digipoort.submitters")}
+    if via not in found:
+        raise click.UsageError(f"no test client for {via!r} (known: {', '.join(sorted(found))})")
+    return found[via].load()
+
+
+def _need_identity(cert: Path | None, key: Path | None) -> tuple[Path, Path]:
+    if cert is None or key is None:
+        raise click.UsageError("--cert and --key are required")
+    return cert, key
+
+
+def _url(config_path: Path | None, url: str | None) -> str:
+    if url:
+        return url
+    return load_settings(config_path).wus.public_url
+
+
+def _client_call(fn: Callable[[], T]) -> T:
+    try:
+        return fn()
+    except Exception as exc:
+        code = getattr(exc, "foutcode", None)
+        click.echo(f"{code + ': ' if code else ''}{exc}", err=True)
+        sys.exit(2)
+
+
+@main.command()
+@config_option
+@click.option("--via", type=click.Choice(["wus"]), default="wus", show_default=True)
+@client_options
+@click.option("--berichtsoort", required=True)
+@click.option("--ontvanger", default=None, help="identiteitOntvanger (OIN).")
+@click.option("--aanleverkenmerk", default=None)
+@click.option("--mime-type", default="text/xml", show_default=True)
+@click.option(
+    "--bijlage",
+    "bijlagen",
+    multiple=True,
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+def submit(
+    config_path: Path | None,
+    via: str,
+    cert: Path | None,
+    key: Path | None,
+    ca: Path | None,
+    url: str | None,
+    berichtsoort: str,
+    ontvanger: str | None,
+    aanleverkenmerk: str | None,
+    mime_type: str,
+    bijlagen: tuple[Path, ...],
+    as_json: bool,
+    file: Path,
+) -> None:
+    """Submit FILE as a real client would (signed, mutual TLS); print the kenmerk."""
+    submitter = _submitter(via)
+    cert, key = _need_identity(cert, key)
+    result = _client_call(
+        lambda: submitter.submit(
+            url=_url(config_path, url),
+            cert=cert,
+            key=key,
+            ca=ca or cert.parent / "ca.crt",
+            berichtsoort=berichtsoort,
+            file=file,
+            ontvanger=ontvanger,
+            bijlagen=bijlagen,
+            aanleverkenmerk=aanleverkenmerk,
+            mime_type=mime_type,
+        )
+    )
+    click.echo(json.dumps(result, indent=2) if as_json else result["kenmerk"])
+
+
 # -- status -------------------------------------------------------------------------------
 @main.command()
 @config_option
 @click.argument("kenmerk", type=click.UUID)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def status(config_path: Path | None, kenmerk: UUID, as_json: bool) -> None:
+@click.option(
+    "--via",
+    type=click.Choice(["db", "wus"]),
+    default="db",
+    show_default=True,
+    help="db: read the history directly; wus: ask the statusinformatieservice as a client.",
+)
+@client_options
+def status(
+    config_path: Path | None,
+    kenmerk: UUID,
+    as_json: bool,
+    via: str,
+    cert: Path | None,
+    key: Path | None,
+    ca: Path | None,
+    url: str | None,
+) -> None:
     """Show an envelope's status history."""
+    if via != "db":
+        submitter = _submitter(via)
+        cert, key = _need_identity(cert, key)
+        entries_wus = _client_call(
+            lambda: submitter.status(
+                url=_url(config_path, url),
+                cert=cert,
+                key=key,
+                ca=ca or cert.parent / "ca.crt",
+                kenmerk=str(kenmerk),
+            )
+        )
+        if as_json:
+            click.echo(json.dumps(entries_wus, indent=2))
+            return
+        for e in entries_wus:
+            fout = f" {e['foutcode']}: {e['foutbeschrijving']}" if e.get("foutcode") else ""
+            click.echo(f"{e['tijdstempel']}  {e['statuscode']}  {e['omschrijving']}{fout}")
+        return
     settings = _settings(config_path)
 
     async def go() -> list[Any]:

@@ -66,6 +66,8 @@ class WusConfig(BaseModel):
     allow_sha1: bool = True
     max_clock_skew_seconds: int = 300
     max_request_bytes: int = 30 * 1024 * 1024
+    # The Aansluit Suite stub: berichtsoort TEST, aanleverkenmerk selects a scenario.
+    conformance: bool = True
 
 
 class SmtpConfig(BaseModel):

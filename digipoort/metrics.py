@@ -102,3 +102,34 @@ MESSAGES_METERED = Counter(
     "Messages per organisation for metering (submitted by sender, delivered to recipient).",
     ["oin", "direction"],
 )
+WUS_REQUESTS = Counter(
+    "digipoort_wus_requests_total",
+    "WUS SOAP requests by operation, outcome (ok, refused) and foutcode (ALS/STS, empty if ok).",
+    ["operation", "outcome", "foutcode"],
+)
+WUS_LATENCY = Histogram(
+    "digipoort_wus_request_seconds",
+    "Time from the first request byte read to the answer, per WUS operation.",
+    ["operation"],
+    buckets=LATENCY_BUCKETS,
+)
+DEAD_LETTER_STATUSES = Counter(
+    "digipoort_dead_letter_statuses_total",
+    "Dead letters whose status was recorded in the sender's history, by stage and code.",
+    ["stage", "code"],
+)
+DEAD_LETTER_ACTIONS = Counter(
+    "digipoort_dead_letter_actions_total",
+    "Operator actions on the dead-letter queue (retry, discard), by stage.",
+    ["action", "stage"],
+)
+STATUS_REPORTS = Counter(
+    "digipoort_status_reports_total",
+    "zetStatus reports from recipients, by outcome (accepted, refused) and reason.",
+    ["outcome", "reason"],
+)
+FLOW_COPIES_CHANGES = Counter(
+    "digipoort_flow_copies_changes_total",
+    "Owner-managed copy recipient changes, by outcome (changed, refused).",
+    ["outcome"],
+)

@@ -91,6 +91,16 @@ async def snapshot(conn: asyncpg.Connection | asyncpg.Pool) -> Registry:
         Berichtsoort.model_validate(r["definition"])
         for r in await conn.fetch("SELECT definition FROM berichtsoorten WHERE active")
     ]
+    # Copy recipients set by the flow owner (``digipoort flows copies``) override the
+    # config's: once set, ``load_config`` cannot undo them.
+    owner_copies = {
+        r["berichtsoort"]: list(r["copies"])
+        for r in await conn.fetch("SELECT berichtsoort, copies FROM flow_copies")
+    }
+    soorten = [
+        b.model_copy(update={"copies": owner_copies[b.name]}) if b.name in owner_copies else b
+        for b in soorten
+    ]
     return Registry.build(participants, soorten)
 
 

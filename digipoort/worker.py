@@ -5,9 +5,13 @@ that are waiting, up to ``max_batch``), so one database transaction and one roun
 publishes serve many envelopes. A batch is acked only after the handler returned, i.e.
 after its results were committed and the next stage's messages confirmed. If the handler
 fails for a batch, each message is retried alone; one that still fails is nacked and
-redelivered until the queue's delivery limit dead-letters it (a poison message lands in
-``digipoort.dead``, never dropped). A message that is not a work item at all is
-dead-lettered at once.
+redelivered. On its last allowed delivery (the quorum queue's ``x-delivery-count`` header
+has reached the delivery limit) a failing message is dead-lettered by the worker itself:
+published with a confirm to ``digipoort.dead`` with the stage and the reason in its
+headers, then acked, so the operator and the sender's history (``routing/deadletters.py``
+records the status) both learn why. Should that publish fail, the message is nacked and
+the broker's own delivery limit dead-letters it (``x-death`` then says which queue).
+A message that is not a work item at all is dead-lettered at once. Never dropped.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
 from digipoort import metrics
-from digipoort.broker import Broker
+from digipoort.broker import WORK_QUEUES, Broker
 
 log = structlog.get_logger(__name__)
 
@@ -46,8 +50,11 @@ class BatchConsumer:
         *,
         prefetch: int = 256,
         max_batch: int = 128,
+        delivery_limit: int | None = None,
     ) -> None:
         self._broker = broker
+        # the work queue's x-delivery-limit (the broker's setting unless given)
+        self._delivery_limit = broker.delivery_limit if delivery_limit is None else delivery_limit
         self._stage = stage
         self._handler = handler
         self._prefetch = prefetch
@@ -132,6 +139,10 @@ class BatchConsumer:
     async def _failed(
         self, message: AbstractIncomingMessage, kenmerk: UUID, exc: Exception
     ) -> None:
+        deliveries = delivery_count(message)
+        if deliveries >= self._delivery_limit:
+            await self._dead_letter(message, kenmerk, exc, deliveries)
+            return
         log.error(
             "stage failed; message returned to the queue",
             stage=self._stage,
@@ -141,6 +152,41 @@ class BatchConsumer:
         )
         metrics.STAGE_MESSAGES.labels(self._stage, "failed").inc()
         await _settle(message.nack(requeue=True))
+
+    async def _dead_letter(
+        self, message: AbstractIncomingMessage, kenmerk: UUID, exc: Exception, deliveries: int
+    ) -> None:
+        reason = f"{type(exc).__name__}: {exc}"[:2000]
+        bound = log.bind(kenmerk=str(kenmerk), stage=self._stage)
+        try:
+            await self._broker.publish_dead(
+                message.body,
+                message_id=str(kenmerk),
+                stage=self._stage,
+                queue=WORK_QUEUES.get(self._stage, self._stage),
+                reason=reason,
+                deliveries=deliveries + 1,
+                content_type=message.content_type,
+            )
+        except Exception as pub_exc:
+            bound.error(
+                "dead-lettering failed; the queue's delivery limit will",
+                error=repr(pub_exc),
+                reason=reason,
+            )
+            metrics.STAGE_MESSAGES.labels(self._stage, "failed").inc()
+            await _settle(message.nack(requeue=True))
+            return
+        await _settle(message.ack())
+        bound.error("poison message dead-lettered", reason=reason, deliveries=deliveries + 1)
+        metrics.STAGE_MESSAGES.labels(self._stage, "dead_lettered").inc()
+        metrics.DEAD_LETTERED.labels(self._stage, "delivery_limit").inc()
+
+
+def delivery_count(message: AbstractIncomingMessage) -> int:
+    """How often this message was delivered before (quorum queues' ``x-delivery-count``)."""
+    value = (message.headers or {}).get("x-delivery-count")
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 async def _settle(op: Awaitable[None]) -> None:

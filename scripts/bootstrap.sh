@@ -78,6 +78,13 @@ case "$mode" in
     exec .venv/bin/digipoort serve --config "$DEV_DIR/digipoort.toml"
     ;;
   test)
+    # independent peers used by the tests: xmlsec1 (XML-DSig), curl (FTPS), swaks (SMTP)
+    missing=()
+    for tool in xmlsec1 curl; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+    if [ "${#missing[@]}" -gt 0 ]; then
+      if [ "$(id -u)" -eq 0 ]; then apt_install "${missing[@]}" || true
+      else say "not root: tests needing ${missing[*]} are skipped"; fi
+    fi
     say "ruff"
     .venv/bin/ruff check .
     say "mypy"

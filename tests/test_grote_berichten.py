@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from lxml import etree
 
 from digipoort.app import Gateway
+from digipoort.payloads import PayloadStore
 from digipoort.pki import CertificateVerifier
 from digipoort.pki.tls import client_ssl_context, server_ssl_context
 from routing.afleverrequest import NS
@@ -64,23 +65,30 @@ class Server:
         return aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx))
 
 
-@pytest_asyncio.fixture(loop_scope="session")
-async def gb(env: Env) -> AsyncIterator[tuple[Gateway, Server]]:
-    gw = await env.start_gateway(components=("intake", "validator", "router"))
+async def download_server(
+    gw: Gateway, pki: Path, port: int, store: PayloadStore | None = None
+) -> web.AppRunner:
     assert gw.pool is not None and gw.store is not None
-    pki = env.dir / "pki"
     verifier = CertificateVerifier.from_files(
         pki / "ca.crt", [pki / "ca.crl"], pki / "chain.pem", require_crl=True
     )
     app = web.Application()
-    Download(gw.pool, gw.store, verifier).add_routes(app)
+    Download(gw.pool, store or gw.store, verifier).add_routes(app)
     runner = web.AppRunner(app)
     await runner.setup()
-    port = free_port()
     ctx = server_ssl_context(pki / "server.crt", pki / "server.key", pki / "ca.crt", pki / "ca.crl")
     await web.TCPSite(runner, "127.0.0.1", port, ssl_context=ctx).start()
+    return runner
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def gb(env: Env) -> AsyncIterator[tuple[Gateway, Server]]:
+    port = free_port()
+    env.settings.wus.public_url = f"https://localhost:{port}"
+    gw = await env.start_gateway(components=("intake", "validator", "router"))
+    runner = await download_server(gw, env.dir / "pki", port)
     try:
-        yield gw, Server(f"https://localhost:{port}", pki)
+        yield gw, Server(f"https://localhost:{port}", env.dir / "pki")
     finally:
         await runner.cleanup()
 
@@ -207,3 +215,53 @@ async def test_retention_removes_payloads_only_when_nothing_needs_them(
     assert await sweep_once(gw.pool, gw.store, retention_seconds=0, grace_seconds=0) == 1
     assert await gw.store.size(sha) is None
     assert await sweep_once(gw.pool, gw.store, retention_seconds=0, grace_seconds=0) == 0
+
+
+class FlakyStore:
+    """A payload store whose first stream breaks off halfway (a dropped connection)."""
+
+    def __init__(self, inner: PayloadStore) -> None:
+        self.inner = inner
+        self.broken = False
+
+    async def stream(self, sha256: str, start: int = 0, end: int | None = None):  # type: ignore[no-untyped-def]
+        sent = 0
+        async for chunk in self.inner.stream(sha256, start, end):
+            if not self.broken and sent > 2 * MiB:
+                self.broken = True
+                raise ConnectionResetError("dropped (test)")
+            sent += len(chunk)
+            yield chunk
+
+
+async def test_subscriber_follows_reference_resumes_and_verifies(env: Env, tmp_path: Path) -> None:
+    from digipoort.pki.tls import client_ssl_context
+    from routing.fetcher import ReferenceFetcher
+    from routing.subscriber import subscribe
+
+    port = free_port()
+    env.settings.wus.public_url = f"https://localhost:{port}"
+    gw = await env.start_gateway(components=("intake", "validator", "router"))
+    assert gw.intake is not None and gw.store is not None
+    flaky = FlakyStore(gw.store)
+    runner = await download_server(gw, env.dir / "pki", port, flaky)  # type: ignore[arg-type]
+    try:
+        large = xml_of_size(6 * MiB)
+        accepted = await gw.intake.aanleveren(aanlevering("Omzetbelasting", content=large))
+        await env.wait_status(accepted.kenmerk, "400", recipient=BELASTINGDIENST)
+        pki = env.dir / "pki"
+        fetcher = ReferenceFetcher(
+            client_ssl_context(
+                pki / f"{BELASTINGDIENST}.crt", pki / f"{BELASTINGDIENST}.key", pki / "ca.crt"
+            ),
+            retry_delay=0.01,
+        )
+        handled = await subscribe(env.amqp_url, BELASTINGDIENST, tmp_path, count=1, fetcher=fetcher)
+        assert handled == 1 and flaky.broken, "the first download broke off and was resumed"
+        stored = tmp_path / str(accepted.kenmerk) / "bericht.xml"
+        assert stored.read_bytes() == large
+        meta = (tmp_path / str(accepted.kenmerk) / "afleverRequest.json").read_text()
+        assert hashlib.sha256(large).hexdigest() in meta
+        await env.wait_status(accepted.kenmerk, "402", recipient=BELASTINGDIENST)
+    finally:
+        await runner.cleanup()

@@ -1,0 +1,252 @@
+"""Benchmark: signed WUS aanleveren requests at a fixed arrival rate.
+
+    .venv/bin/python -m loadtests.wus --count 2000 --rate 200
+
+Runs in its own database and vhost (dropped afterwards). The gateway runs as in
+production in separate processes: ``serve --components intake,sweeper,wus`` and
+``serve --components validator,router``. This process is only the load generator: every
+request is signed *before* the run (so signing is not the bottleneck) and sent open-loop at
+``--rate`` per second over mutual TLS (latency is measured from the scheduled send time,
+so a stalled server cannot hide queueing: no coordinated omission). Prints accept latency
+p50/p99 (request → signed aanleverResponse), end-to-end p50/p99 (tijdstempelAangeleverd →
+status 400 = confirmed into the recipient's queue), and the same request stream against a
+bare aiohttp mutual-TLS echo server (a separate process, same certificates, same bodies)
+measured in the same run, reported as a ratio.
+
+Requests are signed with a Timestamp valid for 10 minutes; keep count / rate well below
+the clock skew (300 s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+import tempfile
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+from aiohttp import web
+from hdrh.histogram import HdrHistogram
+
+from adapters.wus.client import Bijlage, WusClient, aanlever_request
+from adapters.wus.soap import AANLEVERSERVICE_NS
+from adapters.wus.wsdl import AANLEVER_PATH
+from digipoort import logging as dlogging
+from digipoort.devenv import SAMPLE_PARTICIPANTS
+from digipoort.pki import server_ssl_context
+from digipoort.pki.devpki import DevParticipant, create_dev_pki
+from tests.support import (
+    ALFA,
+    SAMPLES,
+    Env,
+    create_env,
+    create_template,
+    destroy_env,
+    free_port,
+    wait_for,
+)
+
+ACTION = AANLEVERSERVICE_NS + "AanleverService/aanleverenRequest"
+
+
+def pct(h: HdrHistogram, p: float) -> float:
+    return h.get_value_at_percentile(p) / 1000.0  # µs → ms
+
+
+# --------------------------------------------------------------------------- echo server
+
+
+def echo_server(port: int, pki: Path) -> None:
+    """A bare aiohttp HTTPS server with the same mutual-TLS context: reads the body, answers
+    with a small XML document (the least any WUS endpoint must do)."""
+
+    async def handle(request: web.Request) -> web.Response:
+        body = await request.read()
+        return web.Response(body=b"<ok>%d</ok>" % len(body), content_type="text/xml")
+
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app.router.add_post(AANLEVER_PATH, handle)
+    context = server_ssl_context(
+        pki / "server.crt", pki / "server.key", pki / "ca.crt", pki / "ca.crl"
+    )
+    web.run_app(app, host="127.0.0.1", port=port, ssl_context=context, print=None)
+
+
+# --------------------------------------------------------------------------- load
+
+
+async def wait_port(port: int, timeout: float = 60.0) -> None:
+    async def up() -> bool:
+        try:
+            _r, w = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            return False
+        w.close()
+        return True
+
+    await wait_for(up, timeout=timeout, what=f"port {port}")
+
+
+async def drive(
+    client: WusClient, url: str, bodies: list[bytes], rate: float
+) -> tuple[HdrHistogram, int, float]:
+    """Send every body at its scheduled time; (latency histogram, errors, elapsed s)."""
+    hist = HdrHistogram(1, 600_000_000, 3)
+    errors = 0
+    connector = aiohttp.TCPConnector(ssl=client.ssl, limit=512)
+    headers = {"Content-Type": "text/xml; charset=utf-8", "SOAPAction": f'"{ACTION}"'}
+    async with aiohttp.ClientSession(connector=connector) as http:
+
+        async def one(body: bytes, scheduled: float) -> None:
+            nonlocal errors
+            delay = scheduled - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            try:
+                async with http.post(url + AANLEVER_PATH, data=body, headers=headers) as r:
+                    await r.read()
+                    if r.status != 200:
+                        errors += 1
+            except (aiohttp.ClientError, OSError):
+                errors += 1
+            hist.record_value(max(1, int((time.perf_counter() - scheduled) * 1e6)))
+
+        start = time.perf_counter() + 0.2
+        tasks = [asyncio.create_task(one(body, start + i / rate)) for i, body in enumerate(bodies)]
+        await asyncio.gather(*tasks)
+        return hist, errors, time.perf_counter() - start
+
+
+def sign_all(client: WusClient, count: int, size: int) -> list[bytes]:
+    content = (SAMPLES / "omzetbelasting.xml").read_bytes()
+    if size > len(content):
+        content = content.replace(b"</", b"<!--" + b"x" * (size - len(content)) + b"--></", 1)
+    request = aanlever_request(
+        berichtsoort="Omzetbelasting",
+        belanghebbende=(ALFA, "OIN"),
+        inhoud=Bijlage("text/xml", "omzetbelasting.xml", content),
+        aanleverkenmerk="bench",
+    )
+    return [
+        client.sign(AANLEVER_PATH, ACTION, request, ttl=timedelta(minutes=10))[1]
+        for _ in range(count)
+    ]
+
+
+async def run(env: Env, pki: Path, count: int, rate: float, size: int) -> dict[str, float]:
+    base_env = {**os.environ, "DIGIPOORT_HTTP__PORT": "0", "DIGIPOORT_LOG_LEVEL": "warning"}
+    cli = [sys.executable, "-m", "digipoort.cli", "serve", "--config", str(env.config_path)]
+    front = await asyncio.create_subprocess_exec(
+        *cli, "--components", "intake,sweeper,wus", env=base_env
+    )
+    stages = await asyncio.create_subprocess_exec(
+        *cli, "--components", "validator,router", env=base_env
+    )
+    echo_port = free_port()
+    echo = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "loadtests.wus", "--echo-server", str(echo_port), "--pki", str(pki)
+    )
+    try:
+        await wait_port(env.settings.wus.port)
+        await wait_port(echo_port)
+        url = env.settings.wus.public_url
+        client = WusClient(url, pki / f"{ALFA}.crt", pki / f"{ALFA}.key", pki / "ca.crt")
+        # warm-up (connections, caches, JIT-less but still: first requests are slower)
+        warm = sign_all(client, min(100, count), size)
+        await drive(client, url, warm, rate)
+        echo_url = f"https://localhost:{echo_port}"
+        await drive(client, echo_url, warm, rate)
+
+        bodies = sign_all(client, count, size)
+        accept, errors, elapsed = await drive(client, url, bodies, rate)
+        conn = await env.conn()
+        target = len(warm) + count - errors
+
+        async def delivered() -> bool:
+            return bool(
+                await conn.fetchval(
+                    "SELECT count(*) >= $1 FROM statuses WHERE code = '400'", target
+                )
+            )
+
+        await wait_for(delivered, timeout=600, what="all delivered")
+        e2e = HdrHistogram(1, 600_000_000, 3)
+        rows = await conn.fetch(
+            "SELECT extract(epoch FROM s.tijdstempel - e.tijdstempel_aangeleverd) AS d"
+            " FROM statuses s JOIN envelopes e USING (kenmerk) WHERE s.code = '400'"
+            " ORDER BY s.id OFFSET $1",
+            len(warm),
+        )
+        for r in rows:
+            e2e.record_value(max(1, int(float(r["d"]) * 1e6)))
+        echo_hist, echo_errors, _ = await drive(client, echo_url, bodies, rate)
+        await client.close()
+        return {
+            "achieved": count / elapsed,
+            "errors": float(errors),
+            "accept_p50": pct(accept, 50),
+            "accept_p99": pct(accept, 99),
+            "e2e_p50": pct(e2e, 50),
+            "e2e_p99": pct(e2e, 99),
+            "echo_p50": pct(echo_hist, 50),
+            "echo_p99": pct(echo_hist, 99),
+            "echo_errors": float(echo_errors),
+            "body": float(len(bodies[0])),
+        }
+    finally:
+        for proc in (front, stages, echo):
+            proc.send_signal(signal.SIGTERM)
+        for proc in (front, stages, echo):
+            await proc.wait()
+
+
+async def main(args: argparse.Namespace) -> None:
+    dlogging.configure("warning", json=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        pki = Path(tmp) / "pki"
+        create_dev_pki(pki, [DevParticipant(oin=o, name=n) for o, n, _ in SAMPLE_PARTICIPANTS])
+        tpl = f"dpbench_tpl_{os.getpid()}"
+        await create_template(tpl)
+        env = await create_env(Path(tmp), pki, tpl)
+        try:
+            res = await run(env, pki, args.count, args.rate, args.size)
+        finally:
+            await destroy_env(env)
+            conn = await asyncpg.connect("postgresql://postgres@127.0.0.1:5432/postgres")
+            await conn.execute(f'DROP DATABASE IF EXISTS "{tpl}"')
+            await conn.close()
+    print(
+        f"requests: {args.count}  rate: {args.rate:.0f}/s  body: {res['body']:.0f} B  "
+        f"cores: {os.cpu_count()}"
+    )
+    print(f"achieved send rate:      {res['achieved']:8.0f} req/s   errors: {res['errors']:.0f}")
+    print(f"WUS accept     p50 {res['accept_p50']:8.1f} ms  p99 {res['accept_p99']:8.1f} ms")
+    print(f"end-to-end     p50 {res['e2e_p50']:8.1f} ms  p99 {res['e2e_p99']:8.1f} ms")
+    print(
+        f"bare mTLS echo p50 {res['echo_p50']:8.1f} ms  p99 {res['echo_p99']:8.1f} ms"
+        f"   errors: {res['echo_errors']:.0f}"
+    )
+    print(
+        f"ratio WUS/echo p50 {res['accept_p50'] / res['echo_p50']:.1f}x  "
+        f"p99 {res['accept_p99'] / res['echo_p99']:.1f}x"
+    )
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    ap.add_argument("--count", type=int, default=2000)
+    ap.add_argument("--rate", type=float, default=200.0, help="requests per second")
+    ap.add_argument("--size", type=int, default=0, help="inhoud size in bytes (0: sample)")
+    ap.add_argument("--echo-server", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--pki", type=Path, default=None, help=argparse.SUPPRESS)
+    ns = ap.parse_args()
+    if ns.echo_server is not None:
+        echo_server(ns.echo_server, ns.pki)
+    else:
+        asyncio.run(main(ns))

@@ -1,0 +1,402 @@
+"""Commands of the routing package, plugged into ``digipoort`` through the
+``digipoort.commands`` entry point group: ``recipients``, ``subscribe``, ``dead``, ``flows``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TypeVar
+
+import asyncpg
+import click
+
+from digipoort import db
+from digipoort import logging as dlogging
+from digipoort.config import Settings, load_settings
+
+T = TypeVar("T")
+
+config_option = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    envvar="DIGIPOORT_CONFIG",
+    default=None,
+    help="Config file (default: $DIGIPOORT_CONFIG).",
+)
+
+
+def _settings(config_path: Path | None) -> Settings:
+    settings = load_settings(config_path)
+    dlogging.configure(settings.log_level)
+    return settings
+
+
+def _run(fn: Callable[[], Awaitable[T]]) -> T:
+    async def main() -> T:
+        return await fn()
+
+    return asyncio.run(main())
+
+
+async def _with_pool(settings: Settings, fn: Callable[[asyncpg.Pool], Awaitable[T]]) -> T:
+    pool = await db.create_pool(settings.database.url, min_size=1, max_size=2)
+    try:
+        return await fn(pool)
+    finally:
+        await pool.close()
+
+
+# -- recipients ---------------------------------------------------------------------------
+@click.group("recipients")
+def recipients() -> None:
+    """Recipients' broker accounts (one isolated RabbitMQ user per OIN)."""
+
+
+@recipients.command("provision")
+@config_option
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Directory for the credential files (default: recipients/ next to the config).",
+)
+@click.option("--rotate", is_flag=True, help="Generate new passwords for every recipient.")
+def recipients_provision(config_path: Path | None, out_dir: Path | None, rotate: bool) -> None:
+    """Create (idempotently) a user per recipient OIN that may only consume its own queue
+    and publish its own status reports; write its AMQP URL to <out>/<OIN>.txt (0600)."""
+    settings = _settings(config_path)
+    out = out_dir or settings.config_dir / "recipients"
+
+    async def go() -> list[tuple[str, str, str]]:
+        from digipoort.broker import Broker
+        from digipoort.provision import Management
+        from routing.provision import provision_recipients, recipient_oins
+
+        oins = sorted({*recipient_oins(settings.registry), *await _registry_recipients()})
+        broker = Broker(settings.broker.url, delivery_limit=settings.broker.delivery_limit)
+        await broker.connect()  # topology, including every recipient's queue
+        try:
+            await broker.ensure_aflever_queues(oins)
+        finally:
+            await broker.close()
+        done = await provision_recipients(
+            Management(settings.broker.management_url),
+            settings.broker.url,
+            oins,
+            out,
+            rotate=rotate,
+        )
+        return [(p.oin, p.action, str(p.path)) for p in done]
+
+    async def _registry_recipients() -> list[str]:
+        """Recipients in the database too (copies added by flow owners)."""
+        from digipoort import registry_store
+        from routing.provision import recipient_oins
+
+        conn = await db.connect(settings.database.url)
+        try:
+            await db.migrate(conn)
+            return recipient_oins(await registry_store.snapshot(conn))
+        finally:
+            await conn.close()
+
+    for oin, action, path in _run(go):
+        click.echo(f"{oin}  {action:8}  {path}")
+
+
+# -- subscribe ----------------------------------------------------------------------------
+@click.command("subscribe")
+@click.option("--oin", required=True, help="The recipient OIN whose queue to consume.")
+@click.option(
+    "--amqp-url",
+    envvar="DIGIPOORT_SUBSCRIBER_AMQP_URL",
+    required=True,
+    help="The recipient's AMQP URL (from recipients provision); or "
+    "$DIGIPOORT_SUBSCRIBER_AMQP_URL. Never logged.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    required=True,
+    help="Directory to write delivered messages to (<out>/<kenmerk>/).",
+)
+@click.option("--count", type=int, default=None, help="Exit after N messages.")
+@click.option(
+    "--cert",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Client certificate for fetching large documents by reference (Grote Berichten).",
+)
+@click.option("--key", type=click.Path(path_type=Path, dir_okay=False), default=None)
+@click.option(
+    "--ca",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="CA certificate that signed the gateway's server certificate.",
+)
+def subscribe(
+    oin: str,
+    amqp_url: str,
+    out_dir: Path,
+    count: int | None,
+    cert: Path | None,
+    key: Path | None,
+    ca: Path | None,
+) -> None:
+    """Receive as a recipient: write each delivered document to a directory, atomically,
+    acking only after the write and skipping duplicate kenmerken. Documents delivered by
+    reference are fetched (resumable, checksum verified) with --cert/--key/--ca."""
+    from rich.console import Console
+
+    from routing.subscriber import Stored
+    from routing.subscriber import subscribe as run_subscriber
+
+    dlogging.configure("warning")
+    tty = sys.stdout.isatty()
+    console = Console()
+    seen = 0
+
+    def show(result: Stored) -> None:
+        nonlocal seen
+        seen += 1
+        what = (
+            "quarantined"
+            if result.quarantined
+            else "retry"
+            if result.failed
+            else "duplicate"
+            if result.duplicate
+            else "stored"
+        )
+        total = f"/{count}" if count else ""
+        files = " ".join(result.files)
+        line = f"{seen}{total} {what} {result.kenmerk} {result.berichtsoort} {files}"
+        if tty:
+            style = {
+                "stored": "green",
+                "duplicate": "yellow",
+                "quarantined": "red",
+                "retry": "red",
+            }[what]
+            console.print(line, style=style, highlight=False)
+        else:
+            click.echo(line)
+
+    async def go() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, stop.set)
+            except (NotImplementedError, RuntimeError, ValueError):
+                pass  # not the main thread (e.g. called from a test runner)
+        fetcher = None
+        if cert and key and ca:
+            from digipoort.pki.tls import client_ssl_context
+            from routing.fetcher import ReferenceFetcher
+
+            fetcher = ReferenceFetcher(client_ssl_context(cert, key, ca))
+        return await run_subscriber(
+            amqp_url, oin, out_dir, count=count, stop=stop, on_stored=show, fetcher=fetcher
+        )
+
+    handled = _run(go)
+    click.echo(f"{handled} messages handled", err=True)
+
+
+# -- dead ---------------------------------------------------------------------------------
+@click.group("dead")
+def dead() -> None:
+    """The dead-letter queue (digipoort.dead): list, show, retry, discard."""
+
+
+@dead.command("list")
+@config_option
+@click.option("--json", "as_json", is_flag=True)
+def dead_list(config_path: Path | None, as_json: bool) -> None:
+    """Every dead letter: kenmerk, stage, reason, count (they stay in the queue)."""
+    settings = _settings(config_path)
+    from routing.deadletters import list_dead
+
+    letters = _run(lambda: list_dead(settings.broker.url))
+    if as_json:
+        click.echo(json.dumps([d.as_dict() for d in letters], indent=2))
+        return
+    for d in letters:
+        click.echo(f"{d.kenmerk or '-':36}  {d.stage:13}  {d.count:3}  {d.reason[:120]}")
+    click.echo(f"{len(letters)} dead letters", err=True)
+
+
+@dead.command("show")
+@config_option
+@click.argument("kenmerk")
+def dead_show(config_path: Path | None, kenmerk: str) -> None:
+    """One dead letter, with its body."""
+    settings = _settings(config_path)
+    from routing.deadletters import list_dead
+
+    letters = [d for d in _run(lambda: list_dead(settings.broker.url)) if d.kenmerk == kenmerk]
+    if not letters:
+        click.echo(f"no dead letter for {kenmerk}", err=True)
+        sys.exit(1)
+    for d in letters:
+        click.echo(json.dumps(d.as_dict(), indent=2))
+        click.echo(d.body.decode("utf-8", "replace")[:4000])
+
+
+@dead.command("retry")
+@config_option
+@click.argument("kenmerken", nargs=-1, required=True)
+@click.option("--actor", default="cli", show_default=True, help="Recorded in the audit.")
+def dead_retry(config_path: Path | None, kenmerken: tuple[str, ...], actor: str) -> None:
+    """Re-publish to the stage's work queue, then remove from the dead-letter queue."""
+    settings = _settings(config_path)
+    from routing.deadletters import retry
+
+    done = _run(
+        lambda: _with_pool(
+            settings, lambda pool: retry(settings.broker.url, pool, set(kenmerken), actor=actor)
+        )
+    )
+    for d in done:
+        click.echo(f"retried {d.kenmerk} → {d.stage}")
+    missing = set(kenmerken) - {d.kenmerk for d in done}
+    if missing:
+        click.echo(f"not retried (absent or not retryable): {', '.join(sorted(missing))}", err=True)
+        sys.exit(1)
+
+
+@dead.command("discard")
+@config_option
+@click.argument("kenmerken", nargs=-1, required=True)
+@click.option("--reason", required=True, help="Why (recorded in the status and the audit).")
+@click.option("--actor", default="cli", show_default=True, help="Recorded in the audit.")
+def dead_discard(
+    config_path: Path | None, kenmerken: tuple[str, ...], reason: str, actor: str
+) -> None:
+    """Record the final status and remove from the dead-letter queue."""
+    settings = _settings(config_path)
+    from routing.deadletters import discard
+
+    done = _run(
+        lambda: _with_pool(
+            settings,
+            lambda pool: discard(
+                settings.broker.url, pool, set(kenmerken), actor=actor, reason=reason
+            ),
+        )
+    )
+    for d in done:
+        click.echo(f"discarded {d.kenmerk} ({d.stage})")
+    missing = set(kenmerken) - {d.kenmerk for d in done}
+    if missing:
+        click.echo(f"not found: {', '.join(sorted(missing))}", err=True)
+        sys.exit(1)
+
+
+# -- flows --------------------------------------------------------------------------------
+@click.group("flows")
+def flows() -> None:
+    """Flows (berichtsoorten) as their owner manages them."""
+
+
+@flows.group("copies")
+def copies() -> None:
+    """Copy recipients of a flow (meervoudig doorzenden), managed by the flow owner."""
+
+
+def _change(
+    config_path: Path | None, flow: str, oin: str, cert: Path, key: Path, *, add: bool
+) -> None:
+    settings = _settings(config_path)
+    from routing import flows as flowmod
+
+    async def go(pool: asyncpg.Pool) -> list[str]:
+        try:
+            owner = flowmod.authenticate(settings, cert, key)
+        except flowmod.FlowChangeRefused as exc:
+            await flowmod.refuse(
+                pool,
+                flowmod.claimed_actor(cert),
+                flow,
+                exc,
+                {"change": "add" if add else "remove", "oin": oin},
+            )
+            raise
+        async with pool.acquire() as conn:
+            return await flowmod.change_copies(
+                conn, flow, owner.oin, add=oin if add else None, remove=None if add else oin
+            )
+
+    try:
+        result = _run(lambda: _with_pool(settings, go))
+    except flowmod.FlowChangeRefused as exc:
+        click.echo(f"refused: {exc}", err=True)
+        sys.exit(2)
+    click.echo(f"{flow}: copies = {', '.join(result) or '(none)'}")
+
+
+_cert = click.option(
+    "--cert",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    required=True,
+    help="The owner's certificate (PEM).",
+)
+_key = click.option(
+    "--key",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    required=True,
+    help="The owner's private key (PEM); used only to sign a nonce.",
+)
+
+
+@copies.command("add")
+@config_option
+@_cert
+@_key
+@click.argument("flow")
+@click.argument("oin")
+def copies_add(config_path: Path | None, cert: Path, key: Path, flow: str, oin: str) -> None:
+    """Add OIN as a copy recipient of FLOW (as its owner)."""
+    _change(config_path, flow, oin, cert, key, add=True)
+
+
+@copies.command("remove")
+@config_option
+@_cert
+@_key
+@click.argument("flow")
+@click.argument("oin")
+def copies_remove(config_path: Path | None, cert: Path, key: Path, flow: str, oin: str) -> None:
+    """Remove OIN from the copy recipients of FLOW (as its owner)."""
+    _change(config_path, flow, oin, cert, key, add=False)
+
+
+@copies.command("list")
+@config_option
+@click.argument("flow")
+def copies_list(config_path: Path | None, flow: str) -> None:
+    """The copy recipients of FLOW and whether the owner or the config set them."""
+    settings = _settings(config_path)
+    from routing.flows import current_copies
+
+    async def go(pool: asyncpg.Pool) -> tuple[list[str], str] | None:
+        async with pool.acquire() as conn:
+            return await current_copies(conn, flow)
+
+    found = _run(lambda: _with_pool(settings, go))
+    if found is None:
+        click.echo(f"unknown flow {flow}", err=True)
+        sys.exit(1)
+    oins, source = found
+    for oin in oins:
+        click.echo(oin)
+    click.echo(f"({len(oins)} copy recipients, set by {source})", err=True)
