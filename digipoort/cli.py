@@ -233,6 +233,15 @@ def serve(config_path: Path | None, components: str | None, processes: int) -> N
 
 
 # -- test clients (submit, status --via) ---------------------------------------------------
+def _submitter_names() -> list[str]:
+    from importlib.metadata import entry_points
+
+    return sorted({ep.name for ep in entry_points(group="digipoort.submitters")} | {"wus"})
+
+
+SUBMITTERS = _submitter_names()
+
+
 def client_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """--cert/--key/--ca/--url of a koppelvlak test client."""
     for option in reversed(
@@ -280,10 +289,15 @@ def _need_identity(cert: Path | None, key: Path | None) -> tuple[Path, Path]:
     return cert, key
 
 
-def _url(config_path: Path | None, url: str | None) -> str:
+def _url(config_path: Path | None, url: str | None, via: str = "wus") -> str:
     if url:
         return url
-    return load_settings(config_path).wus.public_url
+    settings = load_settings(config_path)
+    if via == "ftp":
+        return f"ftps://{settings.ftp.public_host}:{settings.ftp.port}"
+    if via == "smtp":
+        return f"smtp://{settings.smtp.host}:{settings.smtp.port}/{settings.smtp.domain}"
+    return settings.wus.public_url
 
 
 def _client_call(fn: Callable[[], T]) -> T:
@@ -297,7 +311,7 @@ def _client_call(fn: Callable[[], T]) -> T:
 
 @main.command()
 @config_option
-@click.option("--via", type=click.Choice(["wus"]), default="wus", show_default=True)
+@click.option("--via", type=click.Choice(SUBMITTERS), default="wus", show_default=True)
 @client_options
 @click.option("--berichtsoort", required=True)
 @click.option("--ontvanger", default=None, help="identiteitOntvanger (OIN).")
@@ -331,7 +345,7 @@ def submit(
     cert, key = _need_identity(cert, key)
     result = _client_call(
         lambda: submitter.submit(
-            url=_url(config_path, url),
+            url=_url(config_path, url, via),
             cert=cert,
             key=key,
             ca=ca or cert.parent / "ca.crt",
@@ -353,7 +367,7 @@ def submit(
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option(
     "--via",
-    type=click.Choice(["db", "wus"]),
+    type=click.Choice(["db", *SUBMITTERS]),
     default="db",
     show_default=True,
     help="db: read the history directly; wus: ask the statusinformatieservice as a client.",
@@ -375,7 +389,7 @@ def status(
         cert, key = _need_identity(cert, key)
         entries_wus = _client_call(
             lambda: submitter.status(
-                url=_url(config_path, url),
+                url=_url(config_path, url, via),
                 cert=cert,
                 key=key,
                 ca=ca or cert.parent / "ca.crt",

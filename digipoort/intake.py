@@ -115,8 +115,12 @@ class Intake:
                 IntakeRefused.TE_VEEL_BIJLAGEN,
                 f"meer dan {self._limits.max_bijlagen} bijlagen",
             )
-        limit = min(soort.max_size, self._limits.max_document_bytes)
+        # Documents held in memory (WUS, SMTP) are capped by limits.max_document_bytes as
+        # well; a document already streamed to the payload store (FTP) only by the
+        # berichtsoort's own limit.
+        in_memory = min(soort.max_size, self._limits.max_document_bytes)
         for doc in a.documents:
+            limit = soort.max_size if doc.blob is not None else in_memory
             if doc.size > limit:
                 raise IntakeRefused(
                     IntakeRefused.TE_GROOT,

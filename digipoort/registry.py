@@ -49,6 +49,7 @@ class Berichtsoort(BaseModel):
     mime_types: list[str] = Field(default_factory=lambda: ["text/xml", "application/xml"])
     xml: bool = True  # the document must be well-formed XML
     smtp_address: str | None = None
+    smime_required: bool = False  # SMTP: only S/MIME-signed mails are accepted
 
     @field_validator("recipients", "senders", "copies")
     @classmethod

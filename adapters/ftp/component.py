@@ -1,0 +1,134 @@
+"""The ``ftp`` component: explicit FTPS (RFC 4217) with client certificates.
+
+Started by the gateway (``digipoort serve --components intake,ftp``); needs the intake
+component in the same process. Listens on ``ftp.host:ftp.port``; passive data
+connections on ``ftp.passive_port_min..max``. A maintenance task re-reads CRLs and
+removes partial uploads older than ``ftp.partial_ttl_seconds``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+
+import structlog
+
+from adapters.ftp import metrics
+from adapters.ftp.commands import MAX_LINE, reply
+from adapters.ftp.partials import PartialArea
+from adapters.ftp.passive import PassivePorts
+from adapters.ftp.session import FtpShared, Session
+from digipoort.app import Gateway
+from digipoort.pki import CertificateVerifier, refresh_crl, server_ssl_context
+
+log = structlog.get_logger(__name__)
+
+MAINTENANCE_INTERVAL = 60.0
+
+
+def expire_partials(shared: FtpShared) -> int:
+    """Remove expired partial uploads of every account; returns how many."""
+    base = shared.root / "partial"
+    if not base.is_dir():
+        return 0
+    n = 0
+    for account in base.iterdir():
+        if account.is_dir() and not account.is_symlink():
+            n += PartialArea(shared.root, account.name).expire(shared.config.partial_ttl_seconds)
+    return n
+
+
+async def start(gateway: Gateway) -> Callable[[], Awaitable[None]]:
+    s = gateway.settings
+    if gateway.intake is None:
+        raise RuntimeError("the ftp component needs the intake component in this process")
+    assert gateway.pool is not None and gateway.registry is not None and gateway.store
+    pki = s.pki
+    crl_files = [s.resolve(p) for p in pki.crl_files]
+    verifier = CertificateVerifier.from_files(
+        s.resolve(pki.ca_file),
+        crl_files,
+        s.resolve(pki.intermediates_file) if pki.intermediates_file else None,
+        require_crl=pki.require_crl,
+    )
+    # Client certificate optional in the handshake so that a missing one gets a clear 530
+    # reply; one that is sent must verify (chain, validity, CRL) in the handshake, and the
+    # verifier checks it again (and reads the OIN) before USER is accepted.
+    context = server_ssl_context(
+        s.resolve(pki.cert_file),
+        s.resolve(pki.key_file),
+        s.resolve(pki.ca_file),
+        crl_files[0] if crl_files else None,
+        require_client_cert=False,
+    )
+    for extra in crl_files[1:]:
+        refresh_crl(context, extra)
+    cfg = s.ftp
+    shared = FtpShared(
+        config=cfg,
+        limits=s.limits,
+        ssl_context=context,
+        verifier=verifier,
+        registry=gateway.registry,
+        intake=gateway.intake,
+        pool=gateway.pool,
+        store=gateway.store,
+        root=s.resolve(cfg.root_dir),
+        ports=PassivePorts(cfg.host, cfg.passive_port_min, cfg.passive_port_max),
+        inline_limit=s.storage.aflever_inline_limit,
+    )
+    shared.root.mkdir(parents=True, exist_ok=True)
+    sessions: set[asyncio.Task[None]] = set()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(sessions) >= cfg.max_sessions:
+            metrics.REFUSED.labels("too_many_sessions").inc()
+            log.info("ftp.refused", code=421, reason="too_many_sessions")
+            writer.write(reply(421, "Too many sessions, try again later"))
+            with contextlib.suppress(Exception):
+                await writer.drain()
+            writer.close()
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        sessions.add(task)
+        metrics.ACTIVE_SESSIONS.inc()
+        try:
+            await Session(shared, reader, writer).run()
+        finally:
+            metrics.ACTIVE_SESSIONS.dec()
+            sessions.discard(task)
+
+    server = await asyncio.start_server(
+        handle, cfg.host, cfg.port, limit=MAX_LINE + 2, reuse_address=True
+    )
+    log.info("ftp.listening", host=cfg.host, port=cfg.port,
+             passive=f"{cfg.passive_port_min}-{cfg.passive_port_max}")  # fmt: skip
+
+    async def maintenance() -> None:
+        while True:
+            await asyncio.sleep(MAINTENANCE_INTERVAL)
+            try:
+                verifier.reload_crls()
+                for crl in crl_files:
+                    refresh_crl(context, crl)
+                expired = await asyncio.to_thread(expire_partials, shared)
+                if expired:
+                    metrics.PARTIALS_EXPIRED.inc(expired)
+                    log.info("ftp.partials_expired", count=expired)
+            except Exception as exc:
+                log.warning("ftp.maintenance_failed", error=repr(exc))
+
+    task = asyncio.get_running_loop().create_task(maintenance())
+
+    async def stop() -> None:
+        task.cancel()
+        server.close()
+        for t in list(sessions):
+            t.cancel()
+        await asyncio.gather(task, *sessions, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await server.wait_closed()
+
+    return stop
