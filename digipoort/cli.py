@@ -6,39 +6,20 @@ import asyncio
 import json
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 from uuid import UUID
 
 import click
 
-from digipoort import logging as dlogging
-from digipoort.config import Settings, load_settings
+from digipoort.clikit import config_option, run_async, settings_from
+from digipoort.config import load_settings
 
 T = TypeVar("T")
 
-config_option = click.option(
-    "--config",
-    "config_path",
-    type=click.Path(path_type=Path, dir_okay=False),
-    envvar="DIGIPOORT_CONFIG",
-    default=None,
-    help="Config file (default: $DIGIPOORT_CONFIG).",
-)
-
-
-def _settings(config_path: Path | None) -> Settings:
-    settings = load_settings(config_path)
-    dlogging.configure(settings.log_level)
-    return settings
-
-
-def _run(coro_fn: Callable[[], Awaitable[T]]) -> T:
-    async def main() -> T:
-        return await coro_fn()
-
-    return asyncio.run(main())
+_settings = settings_from
+_run = run_async
 
 
 @click.group()

@@ -51,16 +51,18 @@ async def history(conn: asyncpg.Connection | asyncpg.Pool, kenmerk: UUID) -> lis
         " foutbeschrijving, details FROM statuses WHERE kenmerk = $1 ORDER BY id",
         kenmerk,
     )
-    return [
-        Status(
-            kenmerk=r["kenmerk"],
-            code=r["code"],
-            tijdstempel=r["tijdstempel"],
-            recipient_oin=r["recipient_oin"],
-            foutcode=r["foutcode"],
-            foutbeschrijving=r["foutbeschrijving"],
-            details=r["details"],
-            omschrijving=r["omschrijving"],
-        )
-        for r in rows
-    ]
+    return [status_from_row(r) for r in rows]
+
+
+def status_from_row(r: asyncpg.Record) -> Status:
+    """A Status from a row with the columns of the ``statuses`` table."""
+    return Status(
+        kenmerk=r["kenmerk"],
+        code=r["code"],
+        tijdstempel=r["tijdstempel"],
+        recipient_oin=r["recipient_oin"],
+        foutcode=r["foutcode"],
+        foutbeschrijving=r["foutbeschrijving"],
+        details=r["details"],
+        omschrijving=r["omschrijving"],
+    )

@@ -13,17 +13,9 @@ from adapters.smtp import store
 from adapters.smtp.passwords import hash_password
 from adapters.smtp.returns import DEFAULT_CODES
 from digipoort import db
+from digipoort.clikit import config_option
 from digipoort.config import load_settings
 from digipoort.pki import is_valid_oin
-
-config_option = click.option(
-    "--config",
-    "config_path",
-    type=click.Path(path_type=Path, dir_okay=False),
-    envvar="DIGIPOORT_CONFIG",
-    default=None,
-    help="Config file (default: $DIGIPOORT_CONFIG).",
-)
 
 
 def _oin(value: str) -> str:

@@ -18,7 +18,7 @@ import asyncpg
 from adapters.wus.messages import Proces, StatusRegel
 from digipoort.envelope import Identiteit
 from digipoort.status import Status
-from digipoort.statusstore import write_statuses
+from digipoort.statusstore import status_from_row, write_statuses
 
 #: Most statuses / processes returned by one call; the rest come with the next call.
 MAX_RESULTS = 1000
@@ -89,16 +89,7 @@ async def visible_envelope(
 
 def _regel(r: asyncpg.Record) -> StatusRegel:
     return StatusRegel(
-        Status(
-            kenmerk=r["kenmerk"],
-            code=r["code"],
-            tijdstempel=r["tijdstempel"],
-            recipient_oin=r["recipient_oin"],
-            foutcode=r["foutcode"],
-            foutbeschrijving=r["foutbeschrijving"],
-            details=r["details"],
-            omschrijving=r["omschrijving"],
-        ),
+        status_from_row(r),
         Identiteit(r["belanghebbende_nummer"], r["belanghebbende_type"]),
     )
 
