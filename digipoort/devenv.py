@@ -29,6 +29,12 @@ RIJKSDIENST_INKOOP, DOUANE, DNB = (
     "00000099200000060000",
 )
 
+# How sample participants receive, when not from their own queue (docs/afleveren.md):
+# Alfa fetches its DigiInkoop orders from the Ophaalservice.
+SAMPLE_AFLEVER: dict[str, str] = {
+    ALFA: '[registry.participants.aflever]\nkind = "ophaal"\n',
+}
+
 CONFIG_TEMPLATE = """\
 # Digipoort gateway — development environment written by `digipoort dev init`.
 # Every value can be overridden by an environment variable: DIGIPOORT_<SECTION>__<KEY>,
@@ -151,9 +157,11 @@ def render_config(
     ftp_passive_max: int = 30100,
 ) -> str:
     participants = "".join(
-        f'[[registry.participants]]\noin = "{oin}"\nname = "{name}"\nroles = {roles!r}\n\n'.replace(
+        f'[[registry.participants]]\noin = "{oin}"\nname = "{name}"\nroles = {roles!r}\n'.replace(
             "'", '"'
         )
+        + SAMPLE_AFLEVER.get(oin, "")
+        + "\n"
         for oin, name, roles in SAMPLE_PARTICIPANTS
     )
     return CONFIG_TEMPLATE.format(

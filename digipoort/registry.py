@@ -26,6 +26,9 @@ class AfleverEndpoint(BaseModel):
 
     kind: str = "queue"  # queue | wus | smtp | ophaal
     url: str | None = None
+    # push (wus): how long failed deliveries are retried before 410; None = the
+    # gateway default (settings.aflever.retry_for_hours)
+    retry_for_hours: float | None = Field(default=None, gt=0)
 
 
 class Participant(BaseModel):

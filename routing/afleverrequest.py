@@ -42,19 +42,23 @@ def _inhoud(
     _text(el, "inhoud", base64.b64encode(content).decode("ascii"))
 
 
-def build_aflever_request(
+def aflever_element(
     record: EnvelopeRecord,
     content_of: Callable[[StoredDocument], bytes],
     mime_of: Callable[[StoredDocument], str] | None = None,
-) -> bytes:
-    """``content_of`` returns the bytes to put in ``inhoud`` for a document (its content,
-    or for a large one a Grote Berichten reference document); ``mime_of`` its mimeType."""
+    *,
+    tag: str = "afleverRequest",
+) -> etree._Element:
+    """The afleverRequest fields as an element named ``tag``: ``afleverRequest``, or
+    ``BerichtResultaat`` (Ophaalservice; that type also carries eerderAanleverkenmerk)."""
     mime = mime_of or (lambda d: d.mime_type)
-    root = etree.Element(_Q + "afleverRequest", nsmap={None: NS})  # type: ignore[dict-item]
+    root = etree.Element(_Q + tag, nsmap={None: NS})  # type: ignore[dict-item]
     _text(root, "kenmerk", str(record.kenmerk))
     _text(root, "berichtsoort", record.berichtsoort)
     _text(root, "berichtkenmerk", record.berichtkenmerk)
     _text(root, "aanleverkenmerk", record.aanleverkenmerk)
+    if tag == "BerichtResultaat":
+        _text(root, "eerderAanleverkenmerk", record.eerder_aanleverkenmerk)
     _text(root, "tijdstempelAangeleverd", iso(record.tijdstempel_aangeleverd))
     _identiteit(root, "identiteitBelanghebbende", record.belanghebbende)
     _text(root, "rolBelanghebbende", record.rol_belanghebbende)
@@ -68,4 +72,15 @@ def build_aflever_request(
         bijlagen = etree.SubElement(root, _Q + "berichtBijlagen")
         for d in docs[1:]:
             _inhoud(bijlagen, "bijlage", d, content_of(d), mime(d))
+    return root
+
+
+def build_aflever_request(
+    record: EnvelopeRecord,
+    content_of: Callable[[StoredDocument], bytes],
+    mime_of: Callable[[StoredDocument], str] | None = None,
+) -> bytes:
+    """``content_of`` returns the bytes to put in ``inhoud`` for a document (its content,
+    or for a large one a Grote Berichten reference document); ``mime_of`` its mimeType."""
+    root = aflever_element(record, content_of, mime_of)
     return etree.tostring(root, xml_declaration=True, encoding="UTF-8")

@@ -12,7 +12,7 @@ recipients of an envelope, once routed, never change.
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from uuid import UUID
 
 import asyncpg
@@ -21,14 +21,13 @@ import structlog
 from digipoort import metrics
 from digipoort.broker import Broker
 from digipoort.config import GroteBerichtenConfig
-from digipoort.envelope import EnvelopeRecord, StoredDocument
+from digipoort.envelope import EnvelopeRecord
 from digipoort.envelopestore import fetch_envelopes, set_stage
 from digipoort.payloads import PayloadStore
 from digipoort.registry_store import RegistryHolder
 from digipoort.status import Status
 from digipoort.statusstore import write_statuses
-from routing.afleverrequest import build_aflever_request
-from routing.grote_berichten import REFERENCE_MIME_TYPE, Reference, build_reference
+from routing.aflever_body import aflever_body
 
 log = structlog.get_logger(__name__)
 
@@ -145,43 +144,11 @@ class RoutingStage:
 
     async def _body(self, record: EnvelopeRecord) -> bytes:
         """The afleverRequest: small documents inline, large ones as a Grote Berichten
-        reference (recorded in ``gb_references`` so the download endpoint serves it)."""
-        contents: dict[int, bytes] = {}
-        references: list[tuple[StoredDocument, Reference]] = []
-        now = datetime.now(UTC)
-        for doc in record.documents:
-            if doc.size > self._gb.threshold_bytes:
-                ref = Reference(
-                    context_id=f"{record.kenmerk}/{doc.seq}",
-                    url=f"{self._public_url}/grote-berichten/{record.kenmerk}/{doc.seq}",
-                    filename=doc.bestandsnaam,
-                    content_type=doc.mime_type,
-                    size=doc.size,
-                    sha256=doc.sha256,
-                    creation_time=now,
-                    expiration_time=now + timedelta(hours=self._gb.expiration_hours),
-                )
-                references.append((doc, ref))
-                contents[doc.seq] = build_reference(ref)
-            elif doc.data is not None:
-                contents[doc.seq] = doc.data
-            else:
-                contents[doc.seq] = await self._store.read(doc.sha256)
-        if references:
-            await self._pool.executemany(
-                "INSERT INTO gb_references (kenmerk, seq, sha256, size, expires_at)"
-                " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (kenmerk, seq) DO NOTHING",
-                [
-                    (record.kenmerk, d.seq, d.sha256, d.size, r.expiration_time)
-                    for d, r in references
-                ],
-            )
-        by_ref = {d.seq for d, _ in references}
-
-        def content_of(doc: StoredDocument) -> bytes:
-            return contents[doc.seq]
-
-        def mime_of(doc: StoredDocument) -> str:
-            return REFERENCE_MIME_TYPE if doc.seq in by_ref else doc.mime_type
-
-        return build_aflever_request(record, content_of, mime_of)
+        reference (shared with the deliverer and the Ophaalservice)."""
+        return await aflever_body(
+            self._pool,
+            self._store,
+            record,
+            grote_berichten=self._gb,
+            public_url=self._public_url,
+        )

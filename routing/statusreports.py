@@ -137,6 +137,30 @@ WHERE NOT EXISTS (SELECT 1 FROM statuses WHERE kenmerk = $1 AND recipient_oin = 
 """
 
 
+async def record_zet_status(pool: asyncpg.Pool, oin: str, report: ZetStatus) -> None:
+    """Record a recipient's report in the sender's history — only when ``oin`` is a
+    recipient of that kenmerk (else :class:`Refused` ``not_a_recipient``). Shared by the
+    AMQP and the WUS (``adapters/wus/zetstatus.py``) variants."""
+    async with pool.acquire() as conn, conn.transaction():
+        if not await conn.fetchval(
+            "SELECT 1 FROM deliveries WHERE kenmerk = $1 AND recipient_oin = $2",
+            report.kenmerk,
+            oin,
+        ):
+            raise Refused("not_a_recipient", f"{oin} is not a recipient of {report.kenmerk}")
+        await conn.execute(
+            _INSERT,
+            report.kenmerk,
+            oin,
+            report.statuscode,
+            report.tijdstempel,
+            OMSCHRIJVINGEN.get(report.statuscode, "Status gemeld door de uitvragende partij"),
+            report.foutcode,
+            report.foutbeschrijving,
+            report.details,
+        )
+
+
 class StatusReports:
     def __init__(self, pool: asyncpg.Pool, broker: Broker, vhost: str) -> None:
         self._pool = pool
@@ -151,24 +175,7 @@ class StatusReports:
         if oin is None:
             raise Refused("unknown_reporter", f"user {user_id[:100]!r} is not a recipient")
         report = parse_zet_status(body)
-        async with self._pool.acquire() as conn, conn.transaction():
-            if not await conn.fetchval(
-                "SELECT 1 FROM deliveries WHERE kenmerk = $1 AND recipient_oin = $2",
-                report.kenmerk,
-                oin,
-            ):
-                raise Refused("not_a_recipient", f"{oin} is not a recipient of {report.kenmerk}")
-            await conn.execute(
-                _INSERT,
-                report.kenmerk,
-                oin,
-                report.statuscode,
-                report.tijdstempel,
-                OMSCHRIJVINGEN.get(report.statuscode, "Status gemeld door de uitvragende partij"),
-                report.foutcode,
-                report.foutbeschrijving,
-                report.details,
-            )
+        await record_zet_status(self._pool, oin, report)
         return oin, report
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:

@@ -14,15 +14,21 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from adapters.wus import store
+from adapters.wus.aflever_client import AfleverClient
 from adapters.wus.server import WusService
 from digipoort.app import Gateway
+from digipoort.config import Settings
 from digipoort.pki import CertificateVerifier, refresh_crl, server_ssl_context
+from routing.deliverer import Deliverer
 from routing.download import Download
 
 log = structlog.get_logger(__name__)
 
 #: How often CRLs are re-read and stale replay-cache entries purged (seconds).
 MAINTENANCE_INTERVAL = 60.0
+#: The deliverer also wakes on NOTIFY and at the next due time; this bounds the rest
+#: (e.g. a circuit breaker turning half-open).
+DELIVERER_POLL_SECONDS = 1.0
 
 
 def load_signing_identity(
@@ -37,17 +43,23 @@ def load_signing_identity(
     return key, certificate
 
 
+def participant_verifier(s: Settings) -> CertificateVerifier:
+    """Verifies participants' certificates (chain, CRL, OIN) per ``settings.pki``."""
+    pki = s.pki
+    return CertificateVerifier.from_files(
+        s.resolve(pki.ca_file),
+        [s.resolve(p) for p in pki.crl_files],
+        s.resolve(pki.intermediates_file) if pki.intermediates_file else None,
+        require_crl=pki.require_crl,
+    )
+
+
 async def start(gateway: Gateway) -> Callable[[], Awaitable[None]]:
     s = gateway.settings
     assert gateway.pool is not None and gateway.registry is not None
     pki = s.pki
     crl_files = [s.resolve(p) for p in pki.crl_files]
-    verifier = CertificateVerifier.from_files(
-        s.resolve(pki.ca_file),
-        crl_files,
-        s.resolve(pki.intermediates_file) if pki.intermediates_file else None,
-        require_crl=pki.require_crl,
-    )
+    verifier = participant_verifier(s)
     ssl_context = server_ssl_context(
         s.resolve(pki.cert_file),
         s.resolve(pki.key_file),
@@ -66,6 +78,7 @@ async def start(gateway: Gateway) -> Callable[[], Awaitable[None]]:
         signing_key=key,
         signing_cert=cert,
         conformance_mode=s.wus.conformance,
+        payloads=gateway.store,
     )
     app = service.application()
     # Grote Berichten downloads are served on the WUS HTTPS port (same mutual TLS)
@@ -96,5 +109,33 @@ async def start(gateway: Gateway) -> Callable[[], Awaitable[None]]:
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await runner.cleanup()
+
+    return stop
+
+
+async def start_deliverer(gateway: Gateway) -> Callable[[], Awaitable[None]]:
+    """The ``deliverer`` component: WUS AfleverService pushes with durable retries."""
+    s = gateway.settings
+    assert gateway.pool and gateway.registry and gateway.store
+    client = AfleverClient(
+        s.resolve(s.pki.cert_file),
+        s.resolve(s.pki.key_file),
+        s.resolve(s.pki.ca_file),
+        participant_verifier(s),
+        timeout=s.aflever.timeout_seconds,
+    )
+    deliverer = Deliverer(
+        gateway.pool,
+        gateway.store,
+        gateway.registry,
+        client.push,
+        s,
+        poll_interval=DELIVERER_POLL_SECONDS,
+    )
+    await deliverer.start()
+
+    async def stop() -> None:
+        await deliverer.stop()
+        await client.close()
 
     return stop

@@ -408,3 +408,26 @@ def berichtsoorten_response(names: Iterable[str]) -> etree._Element:
     for name in names:
         _sub(ret, "berichtsoort", name)
     return root
+
+
+# --------------------------------------------------------------------------- afleveren
+
+
+def aflever_response(
+    kenmerk: str, berichtsoort: str | None, berichtkenmerk: str, tijdstempel: datetime
+) -> etree._Element:
+    """The afleverResponse a recipient's AfleverService answers (XSD order)."""
+    root = etree.Element(f"{KV}afleverResponse", nsmap={None: KOPPELVLAK_NS})  # type: ignore[dict-item]
+    _sub(root, "kenmerk", kenmerk)
+    if berichtsoort is not None:
+        _sub(root, "berichtsoort", berichtsoort)
+    _sub(root, "berichtkenmerk", berichtkenmerk)
+    _sub(root, "tijdstempelAfgeleverd", format_datetime(tijdstempel))
+    return root
+
+
+def zet_status_response(kenmerk: str, statuscode: str) -> etree._Element:
+    root = etree.Element(f"{KV}zetStatusResponse", nsmap={None: KOPPELVLAK_NS})  # type: ignore[dict-item]
+    _sub(root, "kenmerk", kenmerk)
+    _sub(root, "statuscode", statuscode)
+    return root

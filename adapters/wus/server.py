@@ -37,6 +37,8 @@ from lxml import etree
 
 from adapters.wus import conformance, messages, store
 from adapters.wus.codes import FAULT_NUMBERS, Kind, Refusal
+from adapters.wus.ophaal import OPERATIONS as OPHAAL_OPERATIONS
+from adapters.wus.ophaal import Ophaalservice
 from adapters.wus.soap import (
     WSA_ANONYMOUS,
     ParsedEnvelope,
@@ -54,10 +56,12 @@ from adapters.wus.wssecurity import (
     sign_envelope,
     verify_envelope,
 )
+from adapters.wus.zetstatus import EXTRA_OPERATIONS, ZET_STATUS, zet_status
 from digipoort import metrics
 from digipoort.config import Settings
 from digipoort.envelope import Aanlevering
 from digipoort.intake import Intake, IntakeRefused, IntakeUnavailable
+from digipoort.payloads import PayloadStore
 from digipoort.pki import CertificateRejected, CertificateVerifier, peer_certificate
 from digipoort.registry import Weigering
 from digipoort.registry_store import RegistryHolder
@@ -125,6 +129,7 @@ class WusService:
         signing_key: rsa.RSAPrivateKey,
         signing_cert: x509.Certificate,
         conformance_mode: bool = True,
+        payloads: PayloadStore | None = None,
     ) -> None:
         self.settings = settings
         self.pool = pool
@@ -138,6 +143,7 @@ class WusService:
         self.max_request_bytes = settings.wus.max_request_bytes
         self.skew = timedelta(seconds=settings.wus.max_clock_skew_seconds)
         self._large = asyncio.Semaphore(LARGE_SLOTS)
+        self.ophaal = Ophaalservice(pool, payloads, settings) if payloads is not None else None
 
     # ------------------------------------------------------------------ aiohttp
 
@@ -278,7 +284,7 @@ class WusService:
     def _operation(
         self, parsed: ParsedEnvelope, service: Service, soap_action: str
     ) -> WusOperation:
-        operation = operation_for_action(parsed.action)
+        operation = operation_for_action(parsed.action) or EXTRA_OPERATIONS.get(parsed.action)
         if (
             operation is None
             or not SERVICES.get(service.path)
@@ -308,6 +314,8 @@ class WusService:
         name = caller.operation.name
         if name == "aanleveren":
             return await self._aanleveren(caller, bound)
+        if name in OPHAAL_OPERATIONS or name == ZET_STATUS.name:
+            return await self._recipient_operation(caller, bound)
         try:
             vraag = messages.parse_status_request(name, caller.parsed.payload)
         except messages.RequestInvalid as exc:
@@ -321,6 +329,23 @@ class WusService:
         }[name]
         try:
             return await handler(caller, vraag)
+        except (OSError, asyncpg.PostgresError) as exc:
+            bound.error("wus.database_error", error=repr(exc))
+            raise Refusal("technical", "database", public=False) from None
+
+    async def _recipient_operation(
+        self, caller: Caller, bound: structlog.BoundLogger
+    ) -> etree._Element:
+        """Ophaalservice and zetStatus: operations of recipients."""
+        name, payload = caller.operation.name, caller.parsed.payload
+        try:
+            if name == ZET_STATUS.name:
+                answer = await zet_status(self.pool, caller.oin, payload)
+                bound.info("wus.zet_status", kenmerk=answer.findtext(f"{messages.KV}kenmerk"))
+                return answer
+            if self.ophaal is None:
+                raise Refusal("technical", "no_payload_store", public=False)
+            return await self.ophaal.handle(caller.oin, name, payload)
         except (OSError, asyncpg.PostgresError) as exc:
             bound.error("wus.database_error", error=repr(exc))
             raise Refusal("technical", "database", public=False) from None

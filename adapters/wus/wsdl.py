@@ -12,10 +12,23 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Final
 
-__all__ = ["AANLEVER_PATH", "SERVICES", "STATUS_PATH", "XSD_NAME", "Service", "render_wsdl", "xsd"]
+__all__ = [
+    "AANLEVER_PATH",
+    "OPHAAL_PATH",
+    "SERVICES",
+    "STATUSSERVICE_PATH",
+    "STATUS_PATH",
+    "XSD_NAME",
+    "Service",
+    "render_wsdl",
+    "xsd",
+]
 
 AANLEVER_PATH: Final = "/wus/2.0/aanleverservice/1.2"
 STATUS_PATH: Final = "/wus/2.0/statusinformatieservice/1.2"
+# No published WSDL for these two: specs/wsdl/ holds ours, written in the published style.
+OPHAAL_PATH: Final = "/wus/2.0/ophaalservice/1.2"
+STATUSSERVICE_PATH: Final = "/wus/2.0/statusservice/1.2"
 XSD_NAME: Final = "digipoort-koppelvlak-1.2.xsd"
 _PUBLISHED_HOST: Final = "https://dgp.procesinfrastructuur.nl"
 _PUBLISHED_IMPORT: Final = f'schemaLocation="../{XSD_NAME}"'
@@ -23,11 +36,11 @@ _PUBLISHED_IMPORT: Final = f'schemaLocation="../{XSD_NAME}"'
 
 @dataclass(frozen=True)
 class Service:
-    name: str  # "aanleverservice" | "statusinformatieservice"
+    name: str  # "aanleverservice" | "statusinformatieservice" | "ophaalservice" | ...
     path: str
     wsdl_file: str
     fault_element: str
-    foutcode_prefix: str  # "ALS" | "STS"
+    foutcode_prefix: str  # "ALS" | "STS" | "OHS" | "ZSS"
 
 
 SERVICES: Final = {
@@ -40,6 +53,12 @@ SERVICES: Final = {
         "statusinformatieservice-1.2.wsdl",
         "statusinformatieFault",
         "STS",
+    ),
+    OPHAAL_PATH: Service(
+        "ophaalservice", OPHAAL_PATH, "ophaalservice-1.2.wsdl", "ophaalFault", "OHS"
+    ),
+    STATUSSERVICE_PATH: Service(
+        "statusservice", STATUSSERVICE_PATH, "statusservice-1.2.wsdl", "zetStatusFault", "ZSS"
     ),
 }
 
