@@ -159,6 +159,7 @@ async def test_rabbitmq_restart_during_run_loses_nothing(env: Env) -> None:
             subprocess.run, ["rabbitmqctl", "start_app"], check=True, capture_output=True
         )
     await asyncio.to_thread(subprocess.run, ["rabbitmqctl", "await_startup"], capture_output=True)
+    await _broker_fully_up()
     n = len(accepted)
     await wait_for(
         lambda: _at_least(accepted, n + 50), timeout=60, what="submissions after restart"
@@ -171,6 +172,21 @@ async def test_rabbitmq_restart_during_run_loses_nothing(env: Env) -> None:
 
     await wait_for(all_delivered, timeout=120, what="every accepted envelope delivered")
     await assert_delivered_once(env, accepted, [BELASTINGDIENST])
+
+
+async def _broker_fully_up() -> None:
+    """After a restart: the management API answers again (later tests need it)."""
+    from digipoort.provision import Management
+    from tests.support import MGMT
+
+    async def up() -> bool:
+        try:
+            await Management(MGMT).request("GET", "/overview")
+        except Exception:
+            return False
+        return True
+
+    await wait_for(up, timeout=60, what="RabbitMQ management API after restart")
 
 
 def _handoff_failures() -> float:
