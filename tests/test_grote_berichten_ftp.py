@@ -11,12 +11,13 @@ import uuid
 from pathlib import Path
 
 from adapters.ftp.client import FtpsClient
+from adapters.ftp.outbox import AFLEVER_SUFFIX
 from digipoort.pki.tls import client_ssl_context
 from routing.fetcher import ReferenceFetcher
 from routing.grote_berichten import REFERENCE_MIME_TYPE
 from routing.subscriber import subscribe
 from tests.support import ALFA, DNB, Env
-from tests.test_ftp import MiB, make_file, run
+from tests.test_ftp import MiB, login, make_file, run
 from tests.test_grote_berichten import inhoud
 
 COMPONENTS = ("intake", "validator", "router", "ftp", "wus")
@@ -46,6 +47,17 @@ async def test_200mib_ftp_upload_fetched_by_reference_and_resumed(env: Env, tmp_
     await gw.broker.publish_aflever(  # type: ignore[union-attr]
         DNB, uuid.UUID(kenmerk), "DNB-DGS", msg.body
     )  # put it back for the subscriber
+
+    # the FTP way to receive: DNB finds the same afleverRequest (with the reference) in /out/
+    def from_outbox() -> bytes:
+        ftp = login(env, DNB)
+        chunks: list[bytes] = []
+        ftp.retrbinary(f"RETR /out/{kenmerk}{AFLEVER_SUFFIX}", chunks.append)
+        ftp.quit()
+        return b"".join(chunks)
+
+    mime, _ = inhoud(await run(from_outbox))
+    assert mime == REFERENCE_MIME_TYPE
 
     # an earlier attempt broke off halfway: its partial download is on disk
     out = tmp_path / "inbox"

@@ -76,7 +76,8 @@ async def start(gateway: Gateway) -> Callable[[], Awaitable[None]]:
         store=gateway.store,
         root=s.resolve(cfg.root_dir),
         ports=PassivePorts(cfg.host, cfg.passive_port_min, cfg.passive_port_max),
-        inline_limit=s.storage.aflever_inline_limit,
+        grote_berichten=s.grote_berichten,
+        public_url=s.wus.public_url,
     )
     shared.root.mkdir(parents=True, exist_ok=True)
     sessions: set[asyncio.Task[None]] = set()

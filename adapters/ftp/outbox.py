@@ -5,7 +5,7 @@
   causal order (statuses.id), so it reflects each status as soon as it is committed.
 * ``<kenmerk>.afleverRequest.xml`` for every delivery addressed to the participant
   (``deliveries.recipient_oin``): the same afleverRequest document a queue subscriber
-  receives, for documents up to ``storage.aflever_inline_limit``.
+  receives (large documents as Grote Berichten references).
 
 Rendering is a pure function (:func:`render_statuses`); the queries are below it. A file
 the participant deletes is recorded in ``ftp_deleted`` and never listed again.
@@ -21,11 +21,11 @@ from uuid import UUID
 import asyncpg
 from lxml import etree
 
-from digipoort.envelope import StoredDocument
+from digipoort.config import GroteBerichtenConfig
 from digipoort.envelopestore import fetch_envelopes
 from digipoort.payloads import PayloadStore
 from digipoort.status import Status
-from routing.afleverrequest import build_aflever_request
+from routing.aflever_body import aflever_body
 
 NS = "http://logius.nl/digipoort/koppelvlakservices/1.2/"
 _Q = "{%s}" % NS  # noqa: UP031
@@ -74,12 +74,19 @@ class OutFile:
 
 class Outbox:
     def __init__(
-        self, pool: asyncpg.Pool, store: PayloadStore, oin: str, inline_limit: int
+        self,
+        pool: asyncpg.Pool,
+        store: PayloadStore,
+        oin: str,
+        *,
+        grote_berichten: GroteBerichtenConfig,
+        public_url: str,
     ) -> None:
         self._pool = pool
         self._store = store
         self._oin = oin
-        self._inline_limit = inline_limit
+        self._grote_berichten = grote_berichten
+        self._public_url = public_url
 
     async def list(self) -> list[OutFile]:
         rows = await self._pool.fetch(
@@ -101,12 +108,9 @@ class Outbox:
         ]
         deliveries = await self._pool.fetch(
             "SELECT d.kenmerk, d.updated_at FROM deliveries d WHERE d.recipient_oin = $1"
-            " AND NOT EXISTS (SELECT 1 FROM documents doc WHERE doc.kenmerk = d.kenmerk"
-            "                 AND doc.size > $3)"
             " ORDER BY d.created_at DESC LIMIT $2",
             self._oin,
             MAX_LISTED,
-            self._inline_limit,
         )
         files += [
             OutFile(f"{r['kenmerk']}{AFLEVER_SUFFIX}", r["kenmerk"], "aflever", r["updated_at"])
@@ -157,19 +161,14 @@ class Outbox:
         if not ok:
             raise FileNotFoundError(str(kenmerk))
         record = (await fetch_envelopes(self._pool, [kenmerk]))[kenmerk]
-        contents: dict[int, bytes] = {}
-        for d in record.documents:
-            if d.data is not None:
-                contents[d.seq] = d.data
-            elif d.size <= self._inline_limit:
-                contents[d.seq] = await self._store.read(d.sha256)
-            else:
-                raise FileNotFoundError(str(kenmerk))
-
-        def content_of(d: StoredDocument) -> bytes:
-            return contents[d.seq]
-
-        return build_aflever_request(record, content_of)
+        # large documents as Grote Berichten references, as every other channel
+        return await aflever_body(
+            self._pool,
+            self._store,
+            record,
+            grote_berichten=self._grote_berichten,
+            public_url=self._public_url,
+        )
 
     async def delete(self, name: str) -> None:
         await self._pool.execute(

@@ -40,7 +40,7 @@ from adapters.ftp.passive import DataConnectionError, DataListener, PassivePorts
 from adapters.ftp.paths import Node, PathRefused, check_upload_name, classify, mime_type_for
 from adapters.ftp.paths import normalise as normalise_path
 from adapters.ftp.tlsstream import TlsStream, Truncated
-from digipoort.config import FtpConfig, LimitsConfig
+from digipoort.config import FtpConfig, GroteBerichtenConfig, LimitsConfig
 from digipoort.envelope import Aanlevering, Document, Identiteit, StoredBlob
 from digipoort.intake import Intake, IntakeRefused, IntakeUnavailable
 from digipoort.payloads import PayloadStore
@@ -85,7 +85,8 @@ class FtpShared:
     store: PayloadStore
     root: Path
     ports: PassivePorts
-    inline_limit: int
+    grote_berichten: GroteBerichtenConfig
+    public_url: str  # where Grote Berichten references point (the WUS HTTPS port)
     busy: set[tuple[str, str]] = field(default_factory=set)
 
 
@@ -137,7 +138,13 @@ class Session:
 
     def outbox(self) -> Outbox:
         assert self.oin is not None
-        return Outbox(self.s.pool, self.s.store, self.oin, self.s.inline_limit)
+        return Outbox(
+            self.s.pool,
+            self.s.store,
+            self.oin,
+            grote_berichten=self.s.grote_berichten,
+            public_url=self.s.public_url,
+        )
 
     async def resolve(self, arg: str) -> tuple[str, Node] | None:
         try:
