@@ -8,6 +8,7 @@ endpoint serves it). Shared by the router, the deliverer and the Ophaalservice.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -20,21 +21,34 @@ from routing.afleverrequest import aflever_element
 from routing.grote_berichten import REFERENCE_MIME_TYPE, Reference, build_reference
 
 
-async def aflever_document(
+@dataclass(frozen=True)
+class RecipientDocument:
+    """A document as a recipient receives it: its content, or for a large one the
+    Grote Berichten reference document (``mime_type`` then ``REFERENCE_MIME_TYPE``;
+    ``bestandsnaam`` stays the original name)."""
+
+    seq: int
+    bestandsnaam: str
+    mime_type: str
+    content: bytes
+    reference: bool = False
+
+
+async def recipient_documents(
     pool: asyncpg.Pool,
     store: PayloadStore,
     record: EnvelopeRecord,
     *,
     grote_berichten: GroteBerichtenConfig,
     public_url: str,
-    tag: str = "afleverRequest",
-) -> etree._Element:
-    """The afleverRequest (or ``tag``) element for ``record`` (documents loaded)."""
+) -> list[RecipientDocument]:
+    """The documents of ``record`` in order (0 = berichtInhoud), large ones by reference
+    (recorded in ``gb_references`` so the download endpoint serves them)."""
     base = public_url.rstrip("/")
-    contents: dict[int, bytes] = {}
+    result: list[RecipientDocument] = []
     references: list[tuple[StoredDocument, Reference]] = []
     now = datetime.now(UTC)
-    for doc in record.documents:
+    for doc in sorted(record.documents, key=lambda d: d.seq):
         if doc.size > grote_berichten.threshold_bytes:
             ref = Reference(
                 context_id=f"{record.kenmerk}/{doc.seq}",
@@ -47,26 +61,52 @@ async def aflever_document(
                 expiration_time=now + timedelta(hours=grote_berichten.expiration_hours),
             )
             references.append((doc, ref))
-            contents[doc.seq] = build_reference(ref)
-        elif doc.data is not None:
-            contents[doc.seq] = doc.data
+            result.append(
+                RecipientDocument(
+                    doc.seq, doc.bestandsnaam, REFERENCE_MIME_TYPE, build_reference(ref), True
+                )
+            )
         else:
-            contents[doc.seq] = await store.read(doc.sha256)
+            data = doc.data if doc.data is not None else await store.read(doc.sha256)
+            result.append(RecipientDocument(doc.seq, doc.bestandsnaam, doc.mime_type, data))
     if references:
         await pool.executemany(
             "INSERT INTO gb_references (kenmerk, seq, sha256, size, expires_at)"
             " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (kenmerk, seq) DO NOTHING",
             [(record.kenmerk, d.seq, d.sha256, d.size, r.expiration_time) for d, r in references],
         )
-    by_ref = {d.seq for d, _ in references}
+    return result
+
+
+def document_element(
+    record: EnvelopeRecord, documents: list[RecipientDocument], *, tag: str = "afleverRequest"
+) -> etree._Element:
+    """The afleverRequest (or ``tag``) element from already resolved documents. Pure."""
+    by_seq = {d.seq: d for d in documents}
 
     def content_of(doc: StoredDocument) -> bytes:
-        return contents[doc.seq]
+        return by_seq[doc.seq].content
 
     def mime_of(doc: StoredDocument) -> str:
-        return REFERENCE_MIME_TYPE if doc.seq in by_ref else doc.mime_type
+        return by_seq[doc.seq].mime_type
 
     return aflever_element(record, content_of, mime_of, tag=tag)
+
+
+async def aflever_document(
+    pool: asyncpg.Pool,
+    store: PayloadStore,
+    record: EnvelopeRecord,
+    *,
+    grote_berichten: GroteBerichtenConfig,
+    public_url: str,
+    tag: str = "afleverRequest",
+) -> etree._Element:
+    """The afleverRequest (or ``tag``) element for ``record`` (documents loaded)."""
+    documents = await recipient_documents(
+        pool, store, record, grote_berichten=grote_berichten, public_url=public_url
+    )
+    return document_element(record, documents, tag=tag)
 
 
 async def aflever_body(
