@@ -144,6 +144,7 @@ class Gateway:
             stage,
             handler,
             prefetch=self.settings.broker.prefetch,
+            retry_backoff=self.settings.broker.retry_backoff_seconds,
         )
         await consumer.start()
         self._stops.append(consumer.stop)

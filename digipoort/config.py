@@ -32,6 +32,10 @@ class BrokerConfig(BaseModel):
     management_url: str = "http://guest:guest@127.0.0.1:15672"
     prefetch: int = 256
     delivery_limit: int = 5
+    # A stage that fails on a message waits before returning it to the queue: this long
+    # after the first failure, doubling each time (capped at 60 s), so a short database
+    # or broker outage does not exhaust the delivery limit and dead-letter healthy work.
+    retry_backoff_seconds: float = 2.0
     # A publish not confirmed within this time counts as failed (the sweeper republishes).
     publish_timeout_seconds: float = 10.0
 

@@ -51,10 +51,12 @@ class BatchConsumer:
         prefetch: int = 256,
         max_batch: int = 128,
         delivery_limit: int | None = None,
+        retry_backoff: float = 2.0,
     ) -> None:
         self._broker = broker
         # the work queue's x-delivery-limit (the broker's setting unless given)
         self._delivery_limit = broker.delivery_limit if delivery_limit is None else delivery_limit
+        self._retry_backoff = retry_backoff
         self._stage = stage
         self._handler = handler
         self._prefetch = prefetch
@@ -151,6 +153,8 @@ class BatchConsumer:
             redelivered=message.redelivered,
         )
         metrics.STAGE_MESSAGES.labels(self._stage, "failed").inc()
+        # back off before the redelivery (the consumer holds the message meanwhile)
+        await asyncio.sleep(min(60.0, self._retry_backoff * 2**deliveries))
         await _settle(message.nack(requeue=True))
 
     async def _dead_letter(

@@ -185,6 +185,7 @@ async def create_env(base: Path, pki: Path, template_db: str) -> Env:
     # quick sweeps so crash tests don't wait long
     settings.intake.sweep_grace_seconds = 1.0
     settings.intake.sweep_interval_seconds = 0.5
+    settings.broker.retry_backoff_seconds = 0.05
     conn = await db.connect(db_url)
     try:
         await registry_store.load_config(conn, settings.registry, actor="tests")
