@@ -50,6 +50,9 @@ async def recipient_documents(
     now = datetime.now(UTC)
     for doc in sorted(record.documents, key=lambda d: d.seq):
         if doc.size > grote_berichten.threshold_bytes:
+            if doc.data is not None and await store.size(doc.sha256) is None:
+                # kept in PostgreSQL: the download endpoint serves from the payload store
+                await store.put(doc.data)
             ref = Reference(
                 context_id=f"{record.kenmerk}/{doc.seq}",
                 url=f"{base}/grote-berichten/{record.kenmerk}/{doc.seq}",

@@ -1,9 +1,13 @@
 """The delivery stage for push recipients: durable retries, backoff, circuit breaker.
 
-Deliveries with ``channel = 'wus'`` (created by the router with status 405) are pushed by
-a :class:`Pusher` (the WUS AfleverService client, ``adapters/wus/aflever_client.py``).
-The schedule lives in ``deliveries`` (``attempts``, ``next_attempt_at``, ``last_error``),
-so a restarted gateway resumes it where it stood:
+Deliveries of a push channel (created by the router with status 405) are handed to the
+:data:`Sender` of their channel: ``wus`` to the WUS AfleverService client
+(``adapters/wus/aflever_client.py``, wrapped by :func:`wus_sender`), ``smtp`` to the SMTP
+relay (``adapters/smtp/relay.py``). Schedule, statuses and breaker are the same for every
+channel; a sender only moves bytes and raises :class:`DeliveryFailed` (retried) or
+:class:`DeliveryRefused` (permanent: 410 at once). The schedule lives in ``deliveries``
+(``attempts``, ``next_attempt_at``, ``last_error``), so a restarted gateway resumes it
+where it stood:
 
 * a claim takes due rows with ``FOR UPDATE SKIP LOCKED`` (several processes can run the
   ``deliverer``), counts the attempt and leases the row (``next_attempt_at`` moves past
@@ -11,10 +15,12 @@ so a restarted gateway resumes it where it stood:
   again — at-least-once; the afleverRequest carries the kenmerk so the recipient dedupes);
 * success: ``state = 'delivered'`` and 400, in one transaction; there is one row per
   (kenmerk, recipient), so the gateway never creates a second delivery;
-* failure (fault, bad answer, connection): 420 with the reason in ``statusdetails`` per
+* failure (fault, bad answer, connection, SMTP 4xx): 420 with the reason in ``statusdetails`` per
   attempt, the next attempt after an exponential, fully jittered, capped delay; once the
   recipient's retry window (``aflever.retry_for_hours`` of the participant, default
   ``settings.aflever.retry_for_hours``) has passed: 410 ``AFS600``, ``state = 'failed'``;
+* a permanent refusal (:class:`DeliveryRefused`, e.g. an SMTP 5xx reply): 420 and 410 with
+  the refusal's foutcode (``AFS620``) at once, ``state = 'failed'``;
 * a circuit breaker per endpoint (recipient OIN), in memory per process, stops attempts
   to a recipient after ``breaker_failures`` consecutive failures for
   ``breaker_reset_seconds``, then lets one trial through.
@@ -29,7 +35,7 @@ import asyncio
 import contextlib
 import random
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -37,9 +43,11 @@ from uuid import UUID
 
 import asyncpg
 import structlog
+from lxml import etree
 
 from digipoort import db, metrics
 from digipoort.config import Settings
+from digipoort.envelope import EnvelopeRecord
 from digipoort.envelopestore import fetch_envelopes
 from digipoort.payloads import PayloadStore
 from digipoort.registry import Participant
@@ -47,16 +55,18 @@ from digipoort.registry_store import RegistryHolder
 from digipoort.status import Status
 from digipoort.statusstore import write_statuses
 from routing import delivery_metrics
-from routing.aflever_body import aflever_body
-from routing.delivery_schedule import BreakerState, CircuitBreaker, after_failure
+from routing.aflever_body import RecipientDocument, document_element, recipient_documents
+from routing.delivery_schedule import BreakerState, CircuitBreaker, Decision, after_failure
 
 log = structlog.get_logger(__name__)
 
-CHANNEL = "wus"
+#: The push channels (``deliveries.channel`` = the recipient's ``aflever.kind``).
+PUSH_CHANNELS = ("wus", "smtp")
 NOTIFY_CHANNEL = "digipoort_deliveries"
 FOUTCODE_RETRY = "AFS400"
 FOUTCODE_GAVE_UP = "AFS600"
 FOUTCODE_NO_ENDPOINT = "AFS610"
+FOUTCODE_REFUSED = "AFS620"
 
 
 class DeliveryFailed(Exception):
@@ -67,14 +77,57 @@ class DeliveryFailed(Exception):
         self.reason = reason[:500]
 
 
+class DeliveryRefused(DeliveryFailed):
+    """The recipient's endpoint refused the delivery permanently (e.g. SMTP 5xx): no
+    more attempts; 410 with ``foutcode`` at once."""
+
+    def __init__(self, reason: str, foutcode: str = FOUTCODE_REFUSED) -> None:
+        super().__init__(reason)
+        self.foutcode = foutcode
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """What a sender gets for one attempt: the recipient, the envelope and its documents
+    as the recipient receives them (large ones as Grote Berichten references)."""
+
+    participant: Participant
+    record: EnvelopeRecord
+    documents: list[RecipientDocument]
+    attempt: int
+
+    @property
+    def kenmerk(self) -> UUID:
+        return self.record.kenmerk
+
+    def aflever_request(self) -> bytes:
+        """The afleverRequest document (the same a queue recipient receives)."""
+        element = document_element(self.record, self.documents)
+        return etree.tostring(element, xml_declaration=True, encoding="UTF-8")
+
+
+Sender = Callable[[Outgoing], Awaitable[None]]
+"""Deliver one envelope over one channel; raise :class:`DeliveryFailed` (retried) or
+:class:`DeliveryRefused` (permanent)."""
+
 Pusher = Callable[[Participant, UUID, bytes], Awaitable[None]]
 """Push one afleverRequest to a participant; raise :class:`DeliveryFailed`."""
+
+
+def wus_sender(pusher: Pusher) -> Sender:
+    """The ``wus`` channel: the afleverRequest pushed to the recipient's AfleverService."""
+
+    async def send(out: Outgoing) -> None:
+        await pusher(out.participant, out.kenmerk, out.aflever_request())
+
+    return send
 
 
 @dataclass(frozen=True)
 class Claim:
     kenmerk: UUID
     recipient: str
+    channel: str
     attempts: int
     created_at: datetime
     previous_due: datetime | None
@@ -83,7 +136,7 @@ class Claim:
 _CLAIM = """
 WITH due AS (
     SELECT kenmerk, recipient_oin, next_attempt_at FROM deliveries
-    WHERE channel = 'wus' AND state = 'pending'
+    WHERE channel = ANY($5::text[]) AND state = 'pending'
       AND coalesce(next_attempt_at, created_at) <= now()
       AND ($1::text IS NULL OR recipient_oin = $1)
       AND NOT (recipient_oin = ANY($2::text[]))
@@ -94,7 +147,8 @@ WITH due AS (
 UPDATE deliveries d SET attempts = d.attempts + 1, updated_at = now(),
     next_attempt_at = now() + make_interval(secs => $4)
 FROM due WHERE d.kenmerk = due.kenmerk AND d.recipient_oin = due.recipient_oin
-RETURNING d.kenmerk, d.recipient_oin, d.attempts, d.created_at, due.next_attempt_at AS previous
+RETURNING d.kenmerk, d.recipient_oin, d.channel, d.attempts, d.created_at,
+    due.next_attempt_at AS previous
 """
 
 
@@ -104,7 +158,7 @@ class Deliverer:
         pool: asyncpg.Pool,
         store: PayloadStore,
         registry: RegistryHolder,
-        pusher: Pusher,
+        senders: Mapping[str, Sender],
         settings: Settings,
         *,
         poll_interval: float = 1.0,
@@ -114,7 +168,11 @@ class Deliverer:
         self._pool = pool
         self._store = store
         self._registry = registry
-        self._push = pusher
+        unknown = set(senders) - set(PUSH_CHANNELS)
+        if unknown:
+            raise ValueError(f"no push channel: {sorted(unknown)}")
+        self._senders = dict(senders)
+        self._channels = sorted(senders)
         self._settings = settings
         self._cfg = settings.aflever
         self._poll = poll_interval
@@ -167,9 +225,10 @@ class Deliverer:
     async def _until_next_due(self) -> float:
         due: datetime | None = await self._pool.fetchval(
             "SELECT min(coalesce(next_attempt_at, created_at)) FROM deliveries"
-            " WHERE channel = 'wus' AND state = 'pending'"
+            " WHERE channel = ANY($2::text[]) AND state = 'pending'"
             " AND NOT (recipient_oin = ANY($1::text[]))",
             self._blocked(_now()),
+            self._channels,
         )
         if due is None:
             return self._poll
@@ -204,9 +263,16 @@ class Deliverer:
         return len(claims)
 
     async def _claim(self, oin: str | None, blocked: list[str], limit: int) -> list[Claim]:
-        rows = await self._pool.fetch(_CLAIM, oin, blocked, limit, self._lease)
+        rows = await self._pool.fetch(_CLAIM, oin, blocked, limit, self._lease, self._channels)
         return [
-            Claim(r["kenmerk"], r["recipient_oin"], r["attempts"], r["created_at"], r["previous"])
+            Claim(
+                r["kenmerk"],
+                r["recipient_oin"],
+                r["channel"],
+                r["attempts"],
+                r["created_at"],
+                r["previous"],
+            )
             for r in rows
         ]
 
@@ -228,22 +294,30 @@ class Deliverer:
         )
 
     async def _attempt(self, claim: Claim, breaker: CircuitBreaker) -> None:
-        bound = log.bind(kenmerk=str(claim.kenmerk), recipient=claim.recipient)
+        bound = log.bind(
+            kenmerk=str(claim.kenmerk), recipient=claim.recipient, channel=claim.channel
+        )
         participant = self._registry.current.participants.get(claim.recipient)
         try:
-            if participant is None or participant.aflever.kind != CHANNEL:
-                raise DeliveryFailed("geen WUS-afleverservice geregistreerd voor de ontvanger")
+            if participant is None or participant.aflever.kind != claim.channel:
+                raise DeliveryFailed(
+                    f"geen {claim.channel}-aflevering meer geregistreerd voor de ontvanger"
+                )
             if not participant.aflever.url:
-                raise DeliveryFailed("geen URL van de afleverservice geregistreerd")
+                raise DeliveryFailed("geen URL van het afleverpunt geregistreerd")
             records = await fetch_envelopes(self._pool, [claim.kenmerk])
-            body = await aflever_body(
+            record = records[claim.kenmerk]
+            documents = await recipient_documents(
                 self._pool,
                 self._store,
-                records[claim.kenmerk],
+                record,
                 grote_berichten=self._settings.grote_berichten,
                 public_url=self._settings.wus.public_url,
             )
-            await self._push(participant, claim.kenmerk, body)
+            send = self._senders[claim.channel]
+            await send(Outgoing(participant, record, documents, claim.attempts))
+        except DeliveryRefused as exc:
+            await self._failed(claim, participant, exc.reason, breaker, bound, refused=exc)
         except DeliveryFailed as exc:
             await self._failed(claim, participant, exc.reason, breaker, bound)
         except Exception as exc:
@@ -273,7 +347,7 @@ class Deliverer:
         breaker.success()
         delivery_metrics.CIRCUIT_OPEN.labels(claim.recipient).set(0)
         delivery_metrics.ATTEMPTS.labels(claim.recipient, "delivered").inc()
-        metrics.DELIVERIES.labels(claim.recipient, CHANNEL, "delivered").inc()
+        metrics.DELIVERIES.labels(claim.recipient, claim.channel, "delivered").inc()
         metrics.MESSAGES_METERED.labels(claim.recipient, "afgeleverd").inc()
         metrics.STATUSES.labels("400").inc()
         bound.info("deliverer: delivered", attempts=claim.attempts)
@@ -285,18 +359,24 @@ class Deliverer:
         reason: str,
         breaker: CircuitBreaker,
         bound: structlog.BoundLogger,
+        *,
+        refused: DeliveryRefused | None = None,
     ) -> None:
         now = _now()
         hours = participant.aflever.retry_for_hours if participant else None
         retry_for = timedelta(hours=hours if hours is not None else self._cfg.retry_for_hours)
-        decision = after_failure(
-            now=now,
-            created_at=claim.created_at,
-            attempts=claim.attempts,
-            retry_for=retry_for,
-            base=self._cfg.base_delay_seconds,
-            cap=self._cfg.max_delay_seconds,
-            rng=self._rng,
+        decision = (
+            Decision(None)
+            if refused is not None
+            else after_failure(
+                now=now,
+                created_at=claim.created_at,
+                attempts=claim.attempts,
+                retry_for=retry_for,
+                base=self._cfg.base_delay_seconds,
+                cap=self._cfg.max_delay_seconds,
+                rng=self._rng,
+            )
         )
         statuses = [
             Status(
@@ -308,7 +388,18 @@ class Deliverer:
                 details=f"poging {claim.attempts}: {reason}",
             )
         ]
-        if decision.retry_at is None:
+        if refused is not None:
+            statuses.append(
+                Status(
+                    claim.kenmerk,
+                    "410",
+                    recipient_oin=claim.recipient,
+                    foutcode=refused.foutcode,
+                    foutbeschrijving="Aflevering geweigerd door de ontvanger",
+                    details=f"poging {claim.attempts}: {reason}",
+                )
+            )
+        elif decision.retry_at is None:
             statuses.append(
                 Status(
                     claim.kenmerk,
@@ -333,16 +424,24 @@ class Deliverer:
             if updated:
                 await write_statuses(conn, statuses)
         was_closed = breaker.state(now) == BreakerState.CLOSED
-        breaker.failure(now)
+        if refused is not None:  # the endpoint is up and answered: not a breaker failure
+            breaker.success()
+            delivery_metrics.CIRCUIT_OPEN.labels(claim.recipient).set(0)
+        else:
+            breaker.failure(now)
         if breaker.state(now) != BreakerState.CLOSED:
             delivery_metrics.CIRCUIT_OPEN.labels(claim.recipient).set(1)
             if was_closed:
                 bound.warning("deliverer: circuit breaker opened")
         for s in statuses:
             metrics.STATUSES.labels(s.code).inc()
-        if decision.retry_at is None:
+        if refused is not None:
+            delivery_metrics.ATTEMPTS.labels(claim.recipient, "refused").inc()
+            metrics.DELIVERIES.labels(claim.recipient, claim.channel, "failed").inc()
+            bound.warning("deliverer: refused permanently", attempts=claim.attempts, reason=reason)
+        elif decision.retry_at is None:
             delivery_metrics.ATTEMPTS.labels(claim.recipient, "gave_up").inc()
-            metrics.DELIVERIES.labels(claim.recipient, CHANNEL, "failed").inc()
+            metrics.DELIVERIES.labels(claim.recipient, claim.channel, "failed").inc()
             bound.warning("deliverer: gave up", attempts=claim.attempts, reason=reason)
         else:
             delivery_metrics.ATTEMPTS.labels(claim.recipient, "failed").inc()

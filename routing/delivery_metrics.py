@@ -17,6 +17,6 @@ RETRIES = Counter(
 )
 ATTEMPTS = Counter(
     "digipoort_delivery_attempts_total",
-    "Push delivery attempts by recipient OIN and outcome (delivered, failed, gave_up).",
+    "Push delivery attempts by recipient OIN and outcome (delivered, failed, gave_up, refused).",
     ["recipient", "outcome"],
 )

@@ -13,13 +13,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
+from adapters.smtp.relay import SmtpRelay
 from adapters.wus import store
 from adapters.wus.aflever_client import AfleverClient
 from adapters.wus.server import WusService
 from digipoort.app import Gateway
 from digipoort.config import Settings
 from digipoort.pki import CertificateVerifier, refresh_crl, server_ssl_context
-from routing.deliverer import Deliverer
+from routing.deliverer import Deliverer, wus_sender
 from routing.download import Download
 
 log = structlog.get_logger(__name__)
@@ -114,7 +115,8 @@ async def start(gateway: Gateway) -> Callable[[], Awaitable[None]]:
 
 
 async def start_deliverer(gateway: Gateway) -> Callable[[], Awaitable[None]]:
-    """The ``deliverer`` component: WUS AfleverService pushes with durable retries."""
+    """The ``deliverer`` component: push delivery with durable retries, per channel:
+    ``wus`` (AfleverService) and ``smtp`` (SMTP relay to the recipient's MTA)."""
     s = gateway.settings
     assert gateway.pool and gateway.registry and gateway.store
     client = AfleverClient(
@@ -124,11 +126,19 @@ async def start_deliverer(gateway: Gateway) -> Callable[[], Awaitable[None]]:
         participant_verifier(s),
         timeout=s.aflever.timeout_seconds,
     )
+    relay = SmtpRelay(
+        s.resolve(s.pki.cert_file),
+        s.resolve(s.pki.key_file),
+        s.resolve(s.pki.ca_file),
+        sender=f"{s.gateway_oin}@{s.smtp.domain}",
+        domain=s.smtp.domain,
+        timeout=s.aflever.timeout_seconds,
+    )
     deliverer = Deliverer(
         gateway.pool,
         gateway.store,
         gateway.registry,
-        client.push,
+        {"wus": wus_sender(client.push), "smtp": relay.send},
         s,
         poll_interval=DELIVERER_POLL_SECONDS,
     )
