@@ -12,9 +12,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from cryptography import x509
-
-from digipoort.pki import client_ssl_context, oin_from_certificate
+from digipoort.pki import certificate_file_oin, client_ssl_context
 
 __all__ = ["CLI", "FtpUploadError", "FtpsClient"]
 
@@ -118,10 +116,10 @@ class FtpsClient:
 
 
 def oin_of(cert_file: Path) -> str:
-    oin = oin_from_certificate(x509.load_pem_x509_certificates(cert_file.read_bytes())[0])
-    if oin is None:
-        raise FtpUploadError(f"{cert_file}: no OIN in the certificate subject")
-    return oin
+    try:
+        return certificate_file_oin(cert_file)
+    except ValueError as exc:
+        raise FtpUploadError(str(exc)) from None
 
 
 def _host_port(url: str) -> tuple[str, int]:

@@ -14,10 +14,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from cryptography import x509
-
 from adapters.smtp.subject import format_subject
-from digipoort.pki import client_ssl_context, oin_from_certificate
+from digipoort.pki import certificate_file_oin, client_ssl_context
 
 __all__ = ["CLI", "SmtpSubmitError", "build_mail", "submit_mail"]
 
@@ -121,9 +119,10 @@ class _Cli:
         aanleverkenmerk: str | None,
         mime_type: str,
     ) -> dict[str, Any]:
-        oin = oin_from_certificate(x509.load_pem_x509_certificates(cert.read_bytes())[0])
-        if oin is None:
-            raise SmtpSubmitError(0, f"{cert}: no OIN in the certificate subject")
+        try:
+            oin = certificate_file_oin(cert)
+        except ValueError as exc:
+            raise SmtpSubmitError(0, str(exc)) from None
         host, port, domain = _endpoint(url)
         msg = build_mail(
             sender_oin=oin,

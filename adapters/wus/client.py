@@ -297,12 +297,12 @@ class WusClient:
 
 
 def _oin_of(cert_file: Path) -> str:
-    from digipoort.pki import oin_from_certificate
+    from digipoort.pki import certificate_file_oin
 
-    oin = oin_from_certificate(x509.load_pem_x509_certificates(cert_file.read_bytes())[0])
-    if oin is None:
-        raise WusError(f"{cert_file}: no OIN in the certificate subject")
-    return oin
+    try:
+        return certificate_file_oin(cert_file)
+    except ValueError as exc:
+        raise WusError(str(exc)) from None
 
 
 class _Cli:

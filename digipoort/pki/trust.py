@@ -75,6 +75,16 @@ def oin_from_certificate(cert: x509.Certificate) -> str | None:
     return value if isinstance(value, str) and is_valid_oin(value) else None
 
 
+def certificate_file_oin(path: Path) -> str:
+    """The OIN of the (first) certificate in a PEM file; ValueError if it carries none.
+    For test clients, which must know who they are before they connect."""
+    cert = x509.load_pem_x509_certificates(path.read_bytes())[0]
+    oin = oin_from_certificate(cert)
+    if oin is None:
+        raise ValueError(f"{path}: no OIN in the certificate subject")
+    return oin
+
+
 class CertificateRejected(Exception):
     """The certificate does not identify a trusted participant. ``reason`` says why."""
 
