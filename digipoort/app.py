@@ -25,7 +25,7 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 
-from digipoort import db, metrics
+from digipoort import db, metrics, opsmetrics
 from digipoort.broker import Broker
 from digipoort.config import Settings, redact_url
 from digipoort.intake import Intake
@@ -87,6 +87,11 @@ class Gateway:
         await self.broker.connect()
         await self.broker.ensure_aflever_queues(_recipients(self.registry.current))
         self.registry.on_change(self._registry_changed)
+        self._tasks.append(
+            asyncio.get_running_loop().create_task(
+                opsmetrics.run_pool_sampler(self.pool, self.stopping)
+            )
+        )
         # intake before the adapters that call it
         for name in sorted(self.components, key=lambda n: n != "intake"):
             await self._start_component(name)
@@ -153,7 +158,13 @@ class Gateway:
     async def ready(self) -> tuple[bool, dict[str, bool]]:
         checks = {
             "database": False,
-            "broker": bool(self.broker and self.broker.connected),
+            # a robust connection is not "closed" while it reconnects: ask whether it is up
+            "broker": bool(
+                self.broker
+                and self.broker.connected
+                and self.broker.connection is not None
+                and self.broker.connection.connected.is_set()
+            ),
             "topology": bool(self.broker and self.broker.topology_declared),
         }
         if self.pool is not None:
@@ -179,6 +190,8 @@ class Gateway:
 
         async def metrics_view(_: web.Request) -> web.Response:
             await self.ready()
+            if self.pool is not None:
+                opsmetrics.sample_pool(self.pool)
             return web.Response(
                 body=metrics_exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST}
             )

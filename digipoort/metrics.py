@@ -133,3 +133,36 @@ FLOW_COPIES_CHANGES = Counter(
     "Owner-managed copy recipient changes, by outcome (changed, refused).",
     ["outcome"],
 )
+
+# -- operations (digipoort/opsmetrics.py): gauges are multi-process safe --------------------
+# One process (the ``opsmetrics`` component) samples the broker and the PKI; every process
+# samples its own database pool. Under ``serve --processes N`` the exposition merges them.
+QUEUE_MESSAGES = Gauge(
+    "digipoort_queue_messages",
+    "Messages in a RabbitMQ queue of the gateway's vhost (ready + unacknowledged).",
+    ["queue"],
+    multiprocess_mode="livemax",
+)
+QUEUE_CONSUMERS = Gauge(
+    "digipoort_queue_consumers",
+    "Consumers attached to a RabbitMQ queue of the gateway's vhost.",
+    ["queue"],
+    multiprocess_mode="livemax",
+)
+QUEUE_SCRAPE_ERRORS = Counter(
+    "digipoort_queue_scrape_errors_total",
+    "Failed reads of the RabbitMQ management API by the queue-depth collector.",
+)
+DB_POOL = Gauge(
+    "digipoort_db_pool_connections",
+    "PostgreSQL pool connections by state (in_use, idle, max), summed over live processes.",
+    ["state"],
+    multiprocess_mode="livesum",
+)
+CERTIFICATE_EXPIRY = Gauge(
+    "digipoort_certificate_expiry_seconds",
+    "Seconds until the gateway certificate, a trust anchor or intermediate expires, or a "
+    "CRL's nextUpdate passes (kind: gateway, anchor, intermediate, crl). Negative: past.",
+    ["subject", "kind"],
+    multiprocess_mode="livemin",
+)

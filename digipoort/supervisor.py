@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from types import FrameType
 
 import structlog
+from prometheus_client import multiprocess
 
 log = structlog.get_logger(__name__)
 
@@ -63,6 +64,8 @@ def supervise(child_args: Sequence[str], processes: int) -> int:
             if child.pid != pid:
                 continue
             child.returncode = os.waitstatus_to_exitcode(status)
+            # its live gauges ("livemax", "livesum") must not linger
+            multiprocess.mark_process_dead(pid, multiproc_dir)  # type: ignore[no-untyped-call]
             if not stopping:
                 log.error("worker process died; restarting", index=i, code=child.returncode)
                 time.sleep(max(0.0, 1.0 - (time.monotonic() - last_restart)))

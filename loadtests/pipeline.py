@@ -27,10 +27,9 @@ import asyncpg
 from hdrh.histogram import HdrHistogram
 
 from digipoort import logging as dlogging
-from digipoort.devenv import SAMPLE_PARTICIPANTS
+from digipoort.devenv import BELASTINGDIENST, SAMPLE_PARTICIPANTS
 from digipoort.pki.devpki import DevParticipant, create_dev_pki
 from tests.support import (
-    BELASTINGDIENST,
     Env,
     aanlevering,
     create_env,
@@ -41,7 +40,7 @@ from tests.support import (
 
 
 def pct(h: HdrHistogram, p: float) -> float:
-    return h.get_value_at_percentile(p) / 1000.0  # µs → ms
+    return float(h.get_value_at_percentile(p)) / 1000.0  # µs → ms
 
 
 async def baseline(amqp_url: str, count: int, concurrency: int) -> float:
@@ -85,18 +84,24 @@ async def baseline(amqp_url: str, count: int, concurrency: int) -> float:
     return count / elapsed
 
 
-async def pipeline(env: Env, count: int, concurrency: int) -> dict[str, float]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "digipoort.cli",
-        "serve",
-        "--config",
-        str(env.config_path),
-        "--components",
-        "validator,router",
-        env={**os.environ, "DIGIPOORT_HTTP__PORT": "0", "DIGIPOORT_LOG_LEVEL": "warning"},
-    )
+async def pipeline(
+    env: Env, count: int, concurrency: int, split_stages: bool = False
+) -> dict[str, float]:
+    groups = ["validator", "router"] if split_stages else ["validator,router"]
+    procs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "digipoort.cli",
+            "serve",
+            "--config",
+            str(env.config_path),
+            "--components",
+            group,
+            env={**os.environ, "DIGIPOORT_HTTP__PORT": "0", "DIGIPOORT_LOG_LEVEL": "warning"},
+        )
+        for group in groups
+    ]
     try:
         gw = await env.start_gateway(components=("intake",), serve_http=False)
         assert gw.intake is not None
@@ -151,14 +156,19 @@ async def pipeline(env: Env, count: int, concurrency: int) -> dict[str, float]:
             "queued": float(depth),
         }
     finally:
-        proc.send_signal(signal.SIGTERM)
-        await proc.wait()
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            await proc.wait()
 
 
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--count", type=int, default=5000)
     ap.add_argument("--concurrency", type=int, default=64)
+    ap.add_argument(
+        "--split-stages", action="store_true", help="validator and router in separate processes"
+    )
     args = ap.parse_args()
     dlogging.configure("warning", json=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -169,13 +179,16 @@ async def main() -> None:
         env = await create_env(Path(tmp), pki, tpl)
         try:
             base = await baseline(env.amqp_url, args.count, args.concurrency)
-            res = await pipeline(env, args.count, args.concurrency)
+            res = await pipeline(env, args.count, args.concurrency, args.split_stages)
         finally:
             await destroy_env(env)
             conn = await asyncpg.connect("postgresql://postgres@127.0.0.1:5432/postgres")
             await conn.execute(f'DROP DATABASE IF EXISTS "{tpl}"')
             await conn.close()
-    print(f"envelopes: {args.count}  concurrency: {args.concurrency}  cores: {os.cpu_count()}")
+    print(
+        f"envelopes: {args.count}  concurrency: {args.concurrency}  cores: {os.cpu_count()}"
+        f"  stages: {'validator | router' if args.split_stages else 'validator,router'}"
+    )
     print(f"bare aio-pika publish+consume:  {base:8.0f} msg/s")
     print(
         f"pipeline intake→recipient queue: {res['rate']:8.0f} env/s "

@@ -78,9 +78,12 @@ case "$mode" in
     exec .venv/bin/digipoort serve --config "$DEV_DIR/digipoort.toml"
     ;;
   test)
-    # independent peers used by the tests: xmlsec1 (XML-DSig), curl (FTPS), swaks (SMTP)
+    # independent peers and checkers used by the tests: xmlsec1 (XML-DSig), curl (FTPS),
+    # promtool (alert rules, Debian package prometheus), docker-compose (compose file)
     missing=()
     for tool in xmlsec1 curl; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+    command -v promtool >/dev/null || missing+=(prometheus)
+    command -v docker-compose >/dev/null || missing+=(docker-compose)
     if [ "${#missing[@]}" -gt 0 ]; then
       if [ "$(id -u)" -eq 0 ]; then apt_install "${missing[@]}" || true
       else say "not root: tests needing ${missing[*]} are skipped"; fi
