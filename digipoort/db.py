@@ -19,9 +19,23 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
+async def _reset(conn: asyncpg.Connection) -> None:
+    """What a connection needs when it returns to the pool. asyncpg's default (RESET ALL,
+    UNLISTEN *, advisory-lock release, …) costs a round trip per release; the gateway sets
+    no session state on pooled connections (LISTEN and advisory locks are held on their own
+    connections and undone explicitly), so only an unfinished transaction is rolled back."""
+    if conn.is_in_transaction():
+        await conn.execute("ROLLBACK")
+
+
 async def create_pool(url: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
     pool = await asyncpg.create_pool(
-        url, min_size=min_size, max_size=max_size, init=_init_connection, command_timeout=60
+        url,
+        min_size=min_size,
+        max_size=max_size,
+        init=_init_connection,
+        reset=_reset,
+        command_timeout=60,
     )
     assert pool is not None
     return pool
