@@ -100,6 +100,7 @@ async def start(gateway: Gateway) -> Callable[[], Awaitable[None]]:
                 for crl in crl_files:
                     refresh_crl(ssl_context, crl)
                 await store.purge_message_ids(gateway.pool, keep)  # type: ignore[arg-type]
+                await store.purge_returned(gateway.pool)  # type: ignore[arg-type]
             except Exception as exc:
                 log.warning("wus.maintenance_failed", error=repr(exc))
 

@@ -36,6 +36,11 @@ _WINDOW = (
     " AND ($4::timestamptz IS NULL OR s.tijdstempel <= $4)"
 )
 
+#: getNieuweStatussen*: only statuses of the last NIEUWE_DAYS count as "new", so the
+#: bookkeeping of what was returned to whom can be purged after that time (bounded).
+NIEUWE_DAYS = 30
+_RECENT = f"s.tijdstempel > now() - interval '{NIEUWE_DAYS} days'"
+
 
 @dataclass(frozen=True)
 class EnvelopeInfo:
@@ -58,6 +63,14 @@ async def remember_message_id(pool: asyncpg.Pool, oin: str, message_id: str) -> 
 async def purge_message_ids(pool: asyncpg.Pool, older_than: timedelta) -> None:
     await pool.execute(
         "DELETE FROM wus_message_ids WHERE seen_at < now() - $1::interval", older_than
+    )
+
+
+async def purge_returned(pool: asyncpg.Pool) -> None:
+    """Forget what was returned to whom once those statuses can no longer be "new"."""
+    await pool.execute(
+        "DELETE FROM wus_statuses_returned WHERE returned_at < now() - make_interval(days => $1)",
+        NIEUWE_DAYS,
     )
 
 
@@ -124,7 +137,7 @@ async def nieuwe_statussen_proces(
         f"""
         WITH cand AS (
             SELECT s.id FROM statuses s
-            WHERE s.kenmerk = $1 AND $2::int IS NULL AND {_WINDOW}
+            WHERE s.kenmerk = $1 AND $2::int IS NULL AND {_WINDOW} AND {_RECENT}
             ORDER BY s.id LIMIT {MAX_RESULTS}
         ), ins AS (
             INSERT INTO wus_statuses_returned (caller_oin, status_id)
@@ -156,7 +169,7 @@ async def nieuwe_statussen(
         f"""
         WITH cand AS (
             SELECT s.id FROM statuses s JOIN envelopes e USING (kenmerk)
-            WHERE {_VISIBLE} AND {_WINDOW}
+            WHERE {_VISIBLE} AND {_WINDOW} AND {_RECENT}
               AND e.berichtsoort = $5 AND e.belanghebbende_nummer = $6
               AND e.belanghebbende_type = $7
               AND NOT EXISTS (SELECT 1 FROM wus_statuses_returned r
