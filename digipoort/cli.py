@@ -52,6 +52,9 @@ def dev() -> None:
 @click.option("--management-url", default="http://guest:guest@127.0.0.1:15672", show_default=True)
 @click.option("--http-port", default=9464, show_default=True)
 @click.option("--wus-port", default=8443, show_default=True)
+@click.option("--smtp-port", default=8587, show_default=True)
+@click.option("--pop3-port", default=8110, show_default=True)
+@click.option("--ftp-port", default=8021, show_default=True)
 def dev_init(
     directory: Path,
     force: bool,
@@ -60,6 +63,9 @@ def dev_init(
     management_url: str,
     http_port: int,
     wus_port: int,
+    smtp_port: int,
+    pop3_port: int,
+    ftp_port: int,
 ) -> None:
     """Write a ready-to-run environment: config, sample registry and test PKI."""
     from digipoort.devenv import init_dev_env
@@ -72,6 +78,9 @@ def dev_init(
         management_url=management_url,
         http_port=http_port,
         wus_port=wus_port,
+        smtp_port=smtp_port,
+        pop3_port=pop3_port,
+        ftp_port=ftp_port,
     )
     for path in written:
         click.echo(f"wrote {path}")
