@@ -233,3 +233,18 @@ async def test_status_history_cli(env: Env) -> None:
     assert result.exit_code == 0, result.output
     assert [e["code"] for e in json.loads(result.output)] == HAPPY
     _ = ALFA
+
+
+async def test_large_documents_validated_off_the_event_loop(env: Env) -> None:
+    """Above 256 KiB the XSD runs in the stage's own thread, with the same outcome."""
+    gw = await env.start_gateway()
+    assert gw.intake is not None
+    valid = (SAMPLES / "digiinkoop-factuur.xml").read_bytes()
+    big = valid.replace(b"<IssueDate>", b"<!--" + b"x" * 400_000 + b"-->\n  <IssueDate>", 1)
+    assert len(big) > 300_000 and big != valid
+    ok = await gw.intake.aanleveren(aanlevering("DigiInkoop-Factuur", content=big))
+    await env.wait_status(ok.kenmerk, "400", recipient=RIJKSDIENST_INKOOP)
+    bad = big.replace(b"<IssueDate>2026-11-01", b"<IssueDate>1 november", 1)
+    refused = await gw.intake.aanleveren(aanlevering("DigiInkoop-Factuur", content=bad))
+    history = await env.wait_status(refused.kenmerk, "311")
+    assert history[-1].details and "IssueDate" in history[-1].details

@@ -17,7 +17,9 @@ envelope's stage and only forwarded again, never validated twice.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from uuid import UUID
 
@@ -48,6 +50,8 @@ ATH_CODES: dict[Weigering, tuple[str, str]] = {
 }
 
 VALIDATED = "gevalideerd"
+#: documents up to this size are validated on the event loop (cheaper than a hand-off)
+INLINE_VALIDATION_BYTES = 256 * 1024
 REFUSED = "geweigerd"
 
 
@@ -86,6 +90,9 @@ class ValidationStage:
         self._registry = registry
         self._schemas = schemas
         self._xml_limits = xml_limits
+        self._local = threading.local()
+        self._local.schemas = schemas  # the event loop's thread uses the given registry
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="validate")
 
     async def handle(self, kenmerken: list[UUID]) -> None:
         records = await fetch_envelopes(self._pool, kenmerken)
@@ -198,5 +205,19 @@ class ValidationStage:
         if violations or not xml:
             return violations
         data = inhoud.data if inhoud.data is not None else await self._store.read(inhoud.sha256)
-        schema = self._schemas.get(xsd) if xsd else None
+        if len(data) <= INLINE_VALIDATION_BYTES:
+            return self._validate(data, xsd)
+        # Large documents are validated in the stage's own thread (lxml releases the GIL
+        # while parsing), so the event loop keeps serving other envelopes meanwhile.
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._validate, data, xsd)
+
+    def _validate(self, data: bytes, xsd: str | None) -> list[Violation]:
+        """Well-formedness and XSD with this thread's own compiled schemas (lxml schema
+        objects must not be shared between threads)."""
+        registry: SchemaRegistry | None = getattr(self._local, "schemas", None)
+        if registry is None:
+            registry = SchemaRegistry(self._schemas.search_dirs)
+            self._local.schemas = registry
+        schema = registry.get(xsd) if xsd else None
         return validate_document(data, schema, self._xml_limits)
