@@ -153,6 +153,18 @@ class Env:
             await self._conn.close()
 
 
+async def set_aflever(
+    env: Env, oin: str, kind: str, url: str, *, retry_for_hours: float | None = None
+) -> None:
+    """Give recipient ``oin`` a push endpoint (registry change, loaded like an operator's)."""
+    from digipoort.registry import AfleverEndpoint
+
+    for p in env.settings.registry.participants:
+        if p.oin == oin:
+            p.aflever = AfleverEndpoint(kind=kind, url=url, retry_for_hours=retry_for_hours)
+    await registry_store.load_config(await env.conn(), env.settings.registry, actor="tests")
+
+
 async def create_env(base: Path, pki: Path, template_db: str) -> Env:
     name = f"dptest_{uuid.uuid4().hex[:12]}"
     directory = base / name

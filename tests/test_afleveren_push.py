@@ -18,9 +18,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from adapters.wus.afleverserver import AfleverServer
-from digipoort import registry_store
 from digipoort.app import Gateway
-from digipoort.registry import AfleverEndpoint
 from routing.delivery_schedule import (
     BreakerState,
     CircuitBreaker,
@@ -28,7 +26,15 @@ from routing.delivery_schedule import (
     backoff_delay,
 )
 from routing.grote_berichten import REFERENCE_MIME_TYPE, parse_reference
-from tests.support import BELASTINGDIENST, SAMPLES, Env, aanlevering, free_port, wait_for
+from tests.support import (
+    BELASTINGDIENST,
+    SAMPLES,
+    Env,
+    aanlevering,
+    free_port,
+    set_aflever,
+    wait_for,
+)
 
 COMPONENTS = ("intake", "sweeper", "validator", "router", "deliverer")
 BD = BELASTINGDIENST
@@ -37,14 +43,13 @@ BD = BELASTINGDIENST
 async def make_push_recipient(
     env: Env, oin: str, port: int, *, retry_for_hours: float | None = None
 ) -> None:
-    for p in env.settings.registry.participants:
-        if p.oin == oin:
-            p.aflever = AfleverEndpoint(
-                kind="wus",
-                url=f"https://localhost:{port}/afleverservice",
-                retry_for_hours=retry_for_hours,
-            )
-    await registry_store.load_config(await env.conn(), env.settings.registry, actor="tests")
+    await set_aflever(
+        env,
+        oin,
+        "wus",
+        f"https://localhost:{port}/afleverservice",
+        retry_for_hours=retry_for_hours,
+    )
 
 
 def aflever_server(env: Env, oin: str, out: Path) -> AfleverServer:

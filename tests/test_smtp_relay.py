@@ -26,14 +26,12 @@ from aiosmtpd.smtp import SMTP as SMTPServer
 from aiosmtpd.smtp import Envelope, Session
 
 from adapters.smtp.relay import RelayUrlError, build_relay_mail, mail_bytes, parse_relay_url
-from digipoort import registry_store
 from digipoort.app import Gateway
 from digipoort.devenv import ALFA, BELASTINGDIENST
 from digipoort.envelope import Document
 from digipoort.pki import client_ssl_context
-from digipoort.registry import AfleverEndpoint
 from routing.grote_berichten import REFERENCE_MIME_TYPE, parse_reference
-from tests.support import SAMPLES, Env, aanlevering, free_port, wait_for
+from tests.support import SAMPLES, Env, aanlevering, free_port, set_aflever, wait_for
 
 COMPONENTS = ("intake", "sweeper", "validator", "router", "deliverer")
 BD = BELASTINGDIENST
@@ -117,14 +115,9 @@ class Mta:
 async def make_smtp_recipient(
     env: Env, oin: str, port: int, *, retry_for_hours: float | None = None
 ) -> None:
-    for p in env.settings.registry.participants:
-        if p.oin == oin:
-            p.aflever = AfleverEndpoint(
-                kind="smtp",
-                url=f"smtp://localhost:{port}/{ADDRESS}",
-                retry_for_hours=retry_for_hours,
-            )
-    await registry_store.load_config(await env.conn(), env.settings.registry, actor="tests")
+    await set_aflever(
+        env, oin, "smtp", f"smtp://localhost:{port}/{ADDRESS}", retry_for_hours=retry_for_hours
+    )
 
 
 def fast_retries(env: Env) -> None:

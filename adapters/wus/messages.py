@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Final
+from typing import Any, Final
 
 from lxml import etree
 
@@ -305,14 +305,18 @@ _STATUS_FIELDS: Final[dict[str, tuple[str, ...]]] = {
 _OPTIONAL: Final = frozenset({"autorisatieAdres", "tijdstempelVanaf", "tijdstempelTot"})
 
 
-def parse_status_request(operation: str, payload: etree._Element) -> StatusVraag:
-    fields = _STATUS_FIELDS.get(operation)
-    if fields is None or payload.tag != f"{KV}{operation}Request":
-        raise RequestInvalid(f"Body does not hold a {operation}Request")
+_FIELD_LIMITS: Final = {"kenmerk": 40, "berichtsoort": 80, "autorisatieAdres": 255}
+
+
+def parse_query_fields(
+    payload: etree._Element, fields: tuple[str, ...], required: frozenset[str]
+) -> dict[str, Any]:
+    """The query fields of a status or ophaal request, in XSD order, as the keyword
+    arguments of :class:`StatusVraag` (less ``operation``); RequestInvalid otherwise."""
     c = _Cursor(payload)
     values: dict[str, object] = {}
     for name in fields:
-        element = c.take(name, required=name not in _OPTIONAL)
+        element = c.take(name, required=name in required)
         if element is None:
             continue
         if name == "identiteitBelanghebbende":
@@ -320,23 +324,29 @@ def parse_status_request(operation: str, payload: etree._Element) -> StatusVraag
         elif name.startswith("tijdstempel"):
             values[name] = _datetime(element)
         else:
-            limit = {"kenmerk": 40, "berichtsoort": 80, "autorisatieAdres": 255}[name]
-            value = _text(element, limit)
+            value = _text(element, _FIELD_LIMITS[name])
             if not value and name != "autorisatieAdres":
                 raise RequestInvalid(f"{name} is empty")
             values[name] = value
     c.done()
     ident = values.get("identiteitBelanghebbende")
     vanaf, tot = values.get("tijdstempelVanaf"), values.get("tijdstempelTot")
-    return StatusVraag(
-        operation=operation,
-        kenmerk=_str_or_none(values.get("kenmerk")),
-        berichtsoort=_str_or_none(values.get("berichtsoort")),
-        belanghebbende=ident if isinstance(ident, Identiteit) else None,
-        autorisatie_adres=_str_or_none(values.get("autorisatieAdres")),
-        vanaf=vanaf if isinstance(vanaf, datetime) else None,
-        tot=tot if isinstance(tot, datetime) else None,
-    )
+    return {
+        "kenmerk": _str_or_none(values.get("kenmerk")),
+        "berichtsoort": _str_or_none(values.get("berichtsoort")),
+        "belanghebbende": ident if isinstance(ident, Identiteit) else None,
+        "autorisatie_adres": _str_or_none(values.get("autorisatieAdres")),
+        "vanaf": vanaf if isinstance(vanaf, datetime) else None,
+        "tot": tot if isinstance(tot, datetime) else None,
+    }
+
+
+def parse_status_request(operation: str, payload: etree._Element) -> StatusVraag:
+    fields = _STATUS_FIELDS.get(operation)
+    if fields is None or payload.tag != f"{KV}{operation}Request":
+        raise RequestInvalid(f"Body does not hold a {operation}Request")
+    required = frozenset(f for f in fields if f not in _OPTIONAL)
+    return StatusVraag(operation=operation, **parse_query_fields(payload, fields, required))
 
 
 def _str_or_none(value: object) -> str | None:

@@ -15,7 +15,6 @@ getBerichten* answer, :data:`MAX_LIJST` entries per list; the rest come with the
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Final
 from uuid import UUID
 
@@ -27,12 +26,10 @@ from adapters.wus.codes import Refusal
 from adapters.wus.messages import (
     KV,
     RequestInvalid,
-    _Cursor,
-    _datetime,
-    _identiteit,
+    StatusVraag,
     _sub,
     _sub_identiteit,
-    _text,
+    parse_query_fields,
 )
 from adapters.wus.soap import KOPPELVLAK_NS
 from digipoort import metrics
@@ -72,18 +69,11 @@ _FIELDS: Final[dict[str, tuple[str, ...]]] = {
     "BerichtenKenmerk": ("kenmerk", "autorisatieAdres", "tijdstempelVanaf", "tijdstempelTot"),
 }
 _REQUIRED: Final = frozenset({"identiteitBelanghebbende", "kenmerk"})
-_LIMITS: Final = {"kenmerk": 40, "berichtsoort": 80, "autorisatieAdres": 255}
 
 
 @dataclass(frozen=True)
-class OphaalVraag:
-    operation: str
-    kenmerk: str | None = None
-    berichtsoort: str | None = None
-    belanghebbende: Identiteit | None = None
-    autorisatie_adres: str | None = None
-    vanaf: datetime | None = None
-    tot: datetime | None = None
+class OphaalVraag(StatusVraag):
+    """An Ophaalservice request: the same query fields as a status request."""
 
     @property
     def nieuw(self) -> bool:
@@ -99,41 +89,7 @@ def parse_ophaal_request(operation: str, payload: etree._Element) -> OphaalVraag
     if operation not in OPERATIONS or payload.tag != f"{KV}{operation}Request":
         raise RequestInvalid(f"Body does not hold a {operation}Request")
     fields = _FIELDS[operation.removeprefix("get").removeprefix("Nieuwe")]
-    c = _Cursor(payload)
-    values: dict[str, object] = {}
-    for name in fields:
-        element = c.take(name, required=name in _REQUIRED)
-        if element is None:
-            continue
-        if name == "identiteitBelanghebbende":
-            values[name] = _identiteit(element)
-        elif name.startswith("tijdstempel"):
-            values[name] = _datetime(element)
-        else:
-            value = _text(element, _LIMITS[name])
-            if not value and name != "autorisatieAdres":
-                raise RequestInvalid(f"{name} is empty")
-            values[name] = value
-    c.done()
-
-    def opt_str(key: str) -> str | None:
-        v = values.get(key)
-        return v if isinstance(v, str) else None
-
-    def opt_dt(key: str) -> datetime | None:
-        v = values.get(key)
-        return v if isinstance(v, datetime) else None
-
-    ident = values.get("identiteitBelanghebbende")
-    return OphaalVraag(
-        operation=operation,
-        kenmerk=opt_str("kenmerk"),
-        berichtsoort=opt_str("berichtsoort"),
-        belanghebbende=ident if isinstance(ident, Identiteit) else None,
-        autorisatie_adres=opt_str("autorisatieAdres"),
-        vanaf=opt_dt("tijdstempelVanaf"),
-        tot=opt_dt("tijdstempelTot"),
-    )
+    return OphaalVraag(operation=operation, **parse_query_fields(payload, fields, _REQUIRED))
 
 
 _SELECT = """
