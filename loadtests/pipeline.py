@@ -18,23 +18,17 @@ import asyncio
 import os
 import signal
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import aio_pika
-import asyncpg
 from hdrh.histogram import HdrHistogram
 
 from digipoort import logging as dlogging
-from digipoort.devenv import BELASTINGDIENST, SAMPLE_PARTICIPANTS
-from digipoort.pki.devpki import DevParticipant, create_dev_pki
+from digipoort.devenv import BELASTINGDIENST
 from tests.support import (
     Env,
     aanlevering,
-    create_env,
-    create_template,
-    destroy_env,
+    throwaway_env,
     wait_for,
 )
 
@@ -171,20 +165,9 @@ async def main() -> None:
     )
     args = ap.parse_args()
     dlogging.configure("warning", json=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        pki = Path(tmp) / "pki"
-        create_dev_pki(pki, [DevParticipant(oin=o, name=n) for o, n, _ in SAMPLE_PARTICIPANTS])
-        tpl = f"dpbench_tpl_{os.getpid()}"
-        await create_template(tpl)
-        env = await create_env(Path(tmp), pki, tpl)
-        try:
-            base = await baseline(env.amqp_url, args.count, args.concurrency)
-            res = await pipeline(env, args.count, args.concurrency, args.split_stages)
-        finally:
-            await destroy_env(env)
-            conn = await asyncpg.connect("postgresql://postgres@127.0.0.1:5432/postgres")
-            await conn.execute(f'DROP DATABASE IF EXISTS "{tpl}"')
-            await conn.close()
+    async with throwaway_env() as (env, _pki):
+        base = await baseline(env.amqp_url, args.count, args.concurrency)
+        res = await pipeline(env, args.count, args.concurrency, args.split_stages)
     print(
         f"envelopes: {args.count}  concurrency: {args.concurrency}  cores: {os.cpu_count()}"
         f"  stages: {'validator | router' if args.split_stages else 'validator,router'}"

@@ -24,13 +24,11 @@ import asyncio
 import os
 import signal
 import sys
-import tempfile
 import time
 from datetime import timedelta
 from pathlib import Path
 
 import aiohttp
-import asyncpg
 from aiohttp import web
 from hdrh.histogram import HdrHistogram
 
@@ -38,17 +36,13 @@ from adapters.wus.client import Bijlage, WusClient, aanlever_request
 from adapters.wus.soap import AANLEVERSERVICE_NS
 from adapters.wus.wsdl import AANLEVER_PATH
 from digipoort import logging as dlogging
-from digipoort.devenv import SAMPLE_PARTICIPANTS
+from digipoort.devenv import ALFA
 from digipoort.pki import server_ssl_context
-from digipoort.pki.devpki import DevParticipant, create_dev_pki
 from tests.support import (
-    ALFA,
     SAMPLES,
     Env,
-    create_env,
-    create_template,
-    destroy_env,
     free_port,
+    throwaway_env,
     wait_for,
 )
 
@@ -56,7 +50,7 @@ ACTION = AANLEVERSERVICE_NS + "AanleverService/aanleverenRequest"
 
 
 def pct(h: HdrHistogram, p: float) -> float:
-    return h.get_value_at_percentile(p) / 1000.0  # µs → ms
+    return float(h.get_value_at_percentile(p)) / 1000.0  # µs → ms
 
 
 # --------------------------------------------------------------------------- echo server
@@ -208,19 +202,8 @@ async def run(env: Env, pki: Path, count: int, rate: float, size: int) -> dict[s
 
 async def main(args: argparse.Namespace) -> None:
     dlogging.configure("warning", json=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        pki = Path(tmp) / "pki"
-        create_dev_pki(pki, [DevParticipant(oin=o, name=n) for o, n, _ in SAMPLE_PARTICIPANTS])
-        tpl = f"dpbench_tpl_{os.getpid()}"
-        await create_template(tpl)
-        env = await create_env(Path(tmp), pki, tpl)
-        try:
-            res = await run(env, pki, args.count, args.rate, args.size)
-        finally:
-            await destroy_env(env)
-            conn = await asyncpg.connect("postgresql://postgres@127.0.0.1:5432/postgres")
-            await conn.execute(f'DROP DATABASE IF EXISTS "{tpl}"')
-            await conn.close()
+    async with throwaway_env() as (env, pki):
+        res = await run(env, pki, args.count, args.rate, args.size)
     print(
         f"requests: {args.count}  rate: {args.rate:.0f}/s  body: {res['body']:.0f} B  "
         f"cores: {os.cpu_count()}"

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
+import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -210,6 +212,28 @@ async def destroy_env(env: Env) -> None:
     await env.stop()
     await provision.drop_database(env.db_url)
     await provision.Management(MGMT).delete_vhost(env.name)
+
+
+@contextlib.asynccontextmanager
+async def throwaway_env(prefix: str = "dpbench") -> AsyncIterator[tuple[Env, Path]]:
+    """A complete environment with its own test PKI, template database, database and
+    vhost, all removed afterwards (benchmarks use it outside pytest)."""
+    from digipoort.devenv import SAMPLE_PARTICIPANTS
+    from digipoort.pki.devpki import DevParticipant, create_dev_pki
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pki = Path(tmp) / "pki"
+        create_dev_pki(pki, [DevParticipant(oin=o, name=n) for o, n, _ in SAMPLE_PARTICIPANTS])
+        tpl = f"{prefix}_tpl_{os.getpid()}"
+        await create_template(tpl)
+        try:
+            env = await create_env(Path(tmp), pki, tpl)
+            try:
+                yield env, pki
+            finally:
+                await destroy_env(env)
+        finally:
+            await provision.drop_database(f"{PG_ADMIN}/{tpl}")
 
 
 async def create_template(name: str) -> None:
