@@ -158,13 +158,7 @@ class Gateway:
     async def ready(self) -> tuple[bool, dict[str, bool]]:
         checks = {
             "database": False,
-            # a robust connection is not "closed" while it reconnects: ask whether it is up
-            "broker": bool(
-                self.broker
-                and self.broker.connected
-                and self.broker.connection is not None
-                and self.broker.connection.connected.is_set()
-            ),
+            "broker": bool(self.broker and self.broker.connected),
             "topology": bool(self.broker and self.broker.topology_declared),
         }
         if self.pool is not None:

@@ -98,7 +98,13 @@ class Broker:
 
     @property
     def connected(self) -> bool:
-        return self.connection is not None and not self.connection.is_closed
+        """Up right now: a robust connection that is reconnecting is not "closed", but
+        it is not connected either."""
+        return (
+            self.connection is not None
+            and not self.connection.is_closed
+            and self.connection.connected.is_set()
+        )
 
     async def channel(self, prefetch: int = 0) -> AbstractChannel:
         assert self.connection is not None
