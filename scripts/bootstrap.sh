@@ -78,10 +78,13 @@ case "$mode" in
     exec .venv/bin/digipoort serve --config "$DEV_DIR/digipoort.toml"
     ;;
   test)
-    # independent peers and checkers used by the tests: xmlsec1 (XML-DSig), curl (FTPS),
-    # promtool (alert rules, Debian package prometheus), docker-compose (compose file)
+    # independent peers and checkers used by the tests: xmlsec1 (XML-DSig), curl and lftp
+    # (FTPS), swaks (SMTP), mpop (POP3), openssl (s_client), promtool (alert rules, Debian
+    # package prometheus), docker-compose (compose file)
     missing=()
-    for tool in xmlsec1 curl; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+    for tool in xmlsec1 curl swaks lftp mpop openssl; do
+      command -v "$tool" >/dev/null || missing+=("$tool")
+    done
     command -v promtool >/dev/null || missing+=(prometheus)
     command -v docker-compose >/dev/null || missing+=(docker-compose)
     if [ "${#missing[@]}" -gt 0 ]; then

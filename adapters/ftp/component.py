@@ -61,6 +61,7 @@ async def start(gateway: Gateway) -> Callable[[], Awaitable[None]]:
         s.resolve(pki.ca_file),
         crl_files[0] if crl_files else None,
         require_client_cert=False,
+        intermediates_file=s.resolve(pki.intermediates_file) if pki.intermediates_file else None,
     )
     for extra in crl_files[1:]:
         refresh_crl(context, extra)

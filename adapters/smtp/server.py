@@ -331,6 +331,9 @@ def tls_context(settings: Settings) -> ssl.SSLContext:
         settings.resolve(pki.ca_file),
         None,
         require_client_cert=False,
+        intermediates_file=(
+            settings.resolve(pki.intermediates_file) if pki.intermediates_file else None
+        ),
     )
 
 

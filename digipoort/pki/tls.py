@@ -41,17 +41,25 @@ def server_ssl_context(
     crl_file: Path | None = None,
     *,
     require_client_cert: bool = True,
+    intermediates_file: Path | None = None,
 ) -> ssl.SSLContext:
     """A server context; client certificates chain to ca_file and are checked against crl_file.
 
     Without require_client_cert a client certificate is optional, but one that is sent
     must still verify. With crl_file every client's issuing CA needs a CRL in that file.
+
+    intermediates_file (PEM, the issuing CAs below the roots) lets the server build the
+    chain itself, so clients that send only their leaf certificate (most do) verify.
+    OpenSSL still requires every chain to end at a self-signed root of ca_file: an
+    intermediate is a link, never an anchor on its own.
     """
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     _harden(context)
     context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
     _load_identity(context, cert_file, key_file)
     _load_trust(context, ca_file)
+    if intermediates_file is not None and intermediates_file.exists():
+        _load_trust(context, intermediates_file)
     context.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_OPTIONAL
     if crl_file is not None:
         refresh_crl(context, crl_file)
