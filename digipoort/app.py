@@ -196,7 +196,10 @@ class Gateway:
         self._http = web.AppRunner(app, access_log=None)
         await self._http.setup()
         site = web.TCPSite(
-            self._http, self.settings.http.host, self.settings.http.port, reuse_port=True
+            self._http,
+            self.settings.http.host,
+            self.settings.http.port,
+            reuse_port=shares_ports(),
         )
         await site.start()
 
@@ -220,6 +223,14 @@ class Gateway:
         if self._http is not None:
             await self._http.cleanup()
         log.info("gateway stopped")
+
+
+def shares_ports() -> bool:
+    """SO_REUSEPORT only for the worker processes of one ``serve --processes N``: any
+    other second process on the same port fails to bind instead of silently sharing it."""
+    from digipoort.supervisor import CHILD_ENV
+
+    return CHILD_ENV in os.environ
 
 
 def metrics_exposition() -> bytes:

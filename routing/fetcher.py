@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import os
 import ssl
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -53,6 +54,8 @@ class ReferenceFetcher:
         retry_delay: float = 2.0,
     ) -> None:
         self._ssl = ssl_context
+        #: Called with (file name, bytes so far, size) while downloading (a progress bar).
+        self.on_progress: Callable[[str, int, int], None] | None = None
         self._attempts = attempts
         self._timeout = aiohttp.ClientTimeout(total=None, sock_read=timeout, connect=30)
         self.retry_delay = retry_delay
@@ -98,6 +101,9 @@ class ReferenceFetcher:
                     view = memoryview(chunk)
                     while view:
                         view = view[os.write(fd, view) :]
+                    have += len(chunk)
+                    if self.on_progress is not None:
+                        self.on_progress(ref.filename, have, ref.size)
                 os.fsync(fd)
             finally:
                 os.close(fd)

@@ -34,7 +34,7 @@ from adapters.smtp.pop3proto import (
     top,
 )
 from adapters.smtp.server import tls_context, verifiers
-from digipoort.app import Gateway
+from digipoort.app import Gateway, shares_ports
 from digipoort.pki import CertificateRejected, CertificateVerifier, peer_certificate
 
 log = structlog.get_logger(__name__)
@@ -218,7 +218,7 @@ async def start(gateway: Gateway) -> Callable[[], Awaitable[None]]:
         max_sessions=s.pop3.max_sessions,
     )
     server = await asyncio.start_server(
-        pop3.handle, s.pop3.host, s.pop3.port, limit=MAX_LINE + 1, reuse_port=True
+        pop3.handle, s.pop3.host, s.pop3.port, limit=MAX_LINE + 1, reuse_port=shares_ports()
     )
     log.info("pop3.listening", host=s.pop3.host, port=s.pop3.port)
 

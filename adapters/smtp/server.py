@@ -25,7 +25,7 @@ from adapters.smtp.codes import REFUSALS, MailRefused, intake_refusal
 from adapters.smtp.flows import resolve_flow, smime_required
 from adapters.smtp.mime import ParsedMail, parse_mail
 from adapters.smtp.smime import SmimeInvalid, verify_detached
-from digipoort.app import Gateway
+from digipoort.app import Gateway, shares_ports
 from digipoort.config import Settings
 from digipoort.envelope import Aanlevering, Document, Identiteit
 from digipoort.intake import IntakeRefused, IntakeUnavailable
@@ -361,7 +361,7 @@ async def start(gateway: Gateway) -> Callable[[], Awaitable[None]]:
             loop=loop,
         )
 
-    server = await loop.create_server(factory, s.smtp.host, s.smtp.port, reuse_port=True)
+    server = await loop.create_server(factory, s.smtp.host, s.smtp.port, reuse_port=shares_ports())
     log.info("smtp.listening", host=s.smtp.host, port=s.smtp.port, domain=s.smtp.domain)
 
     async def maintenance() -> None:

@@ -17,7 +17,7 @@ from adapters.smtp.relay import SmtpRelay
 from adapters.wus import store
 from adapters.wus.aflever_client import AfleverClient
 from adapters.wus.server import WusService
-from digipoort.app import Gateway
+from digipoort.app import Gateway, shares_ports
 from digipoort.config import Settings
 from digipoort.pki import CertificateVerifier, refresh_crl, server_ssl_context
 from routing.deliverer import Deliverer, wus_sender
@@ -88,7 +88,9 @@ async def start(gateway: Gateway) -> Callable[[], Awaitable[None]]:
     Download(gateway.pool, gateway.store, verifier).add_routes(app)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, s.wus.host, s.wus.port, ssl_context=ssl_context, reuse_port=True)
+    site = web.TCPSite(
+        runner, s.wus.host, s.wus.port, ssl_context=ssl_context, reuse_port=shares_ports()
+    )
     await site.start()
     log.info("wus.listening", host=s.wus.host, port=s.wus.port, public_url=s.wus.public_url)
 
