@@ -129,16 +129,42 @@ def local_problem(cert_file: Path, ca_file: Path | None = None) -> str | None:
         ):
             return f"it is revoked (listed in {crl_file.name})"
     if ca_file is not None:
-        try:
-            known = {c.subject for c in x509.load_pem_x509_certificates(ca_file.read_bytes())}
-        except (OSError, ValueError):
-            known = set()
-        issuers = {c.subject for c in certs[1:]} | known
-        if known and leaf.issuer not in issuers:
-            return (
-                f"it is issued by {leaf.issuer.rfc4514_string()}, not by a CA in "
-                f"{ca_file.name} (untrusted)"
-            )
+        untrusted = _untrusted_root(certs, cert_file.parent, ca_file)
+        if untrusted is not None:
+            return f"it chains to {untrusted}, which {ca_file.name} does not trust (untrusted)"
+    return None
+
+
+def _load_all(path: Path) -> list[x509.Certificate]:
+    try:
+        return x509.load_pem_x509_certificates(path.read_bytes())
+    except (OSError, ValueError):
+        return []
+
+
+def _untrusted_root(
+    certs: list[x509.Certificate], directory: Path, ca_file: Path
+) -> str | None:
+    """The name of the self-signed root our chain ends in, when ``ca_file`` does not hold
+    it; None when trusted or when the chain cannot be followed with the certificates at
+    hand (the cert file, ``ca_file`` and ``*.pem``/``*.crt`` next to the certificate)."""
+    trusted = {c.subject for c in _load_all(ca_file)}
+    if not trusted:
+        return None
+    pool = {c.subject: c for c in certs}
+    for path in sorted([*directory.glob("*.pem"), *directory.glob("*.crt")]):
+        for c in _load_all(path):
+            pool.setdefault(c.subject, c)
+    current = certs[0]
+    for _ in range(8):
+        if current.issuer in trusted:
+            return None
+        issuer = pool.get(current.issuer)
+        if issuer is None:
+            return None  # cannot tell
+        if issuer.issuer == issuer.subject:
+            return issuer.subject.rfc4514_string()
+        current = issuer
     return None
 
 

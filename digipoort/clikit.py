@@ -257,12 +257,21 @@ def explain(exc: BaseException) -> CliError | None:
     return None
 
 
+def one_line(message: str) -> str:
+    """``message`` on one line: its first line, further lines in parentheses."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    if len(lines) <= 1:
+        return lines[0] if lines else message
+    return f"{lines[0]} ({'; '.join(lines[1:])})"
+
+
 def fail(error: CliError) -> None:
     """Report ``error`` (one line, or JSON with ``--json``) and exit non-zero."""
+    message = one_line(error.message)
     if json_enabled():
-        click.echo(json.dumps({"error": error.message, "code": error.code}))
+        click.echo(json.dumps({"error": message, "code": error.code}))
     else:
-        click.echo(f"error: {error.message}", err=True)
+        click.echo(f"error: {message}", err=True)
     sys.exit(error.status)
 
 

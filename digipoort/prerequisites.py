@@ -84,13 +84,14 @@ async def check_database(url: str) -> None:
     await conn.close()
 
 
-async def check_broker(url: str, *, setting: str = "broker.url") -> None:
+async def check_broker(
+    url: str, *, setting: str = "broker.url", env: str = "DIGIPOORT_BROKER__URL"
+) -> None:
     """Open an AMQP connection to ``url`` (login and vhost) and close it again."""
     import aiormq
     from aiormq import exceptions as amqp
 
     where = _where(url)
-    env = "DIGIPOORT_" + setting.replace(".", "__").upper() if "." in setting else setting
     quiet = logging.getLogger("aiormq.connection")
     level = quiet.level
     quiet.setLevel(logging.CRITICAL)  # it logs the failure we report in one line

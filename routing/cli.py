@@ -164,6 +164,7 @@ def subscribe(
     reference are fetched (resumable, checksum verified) with --cert/--key/--ca.
 
     One line per message on stdout (with --json one JSON object per line)."""
+    from aiormq.exceptions import ChannelAccessRefused
     from rich.console import Console
 
     from routing.subscriber import Stored
@@ -219,7 +220,9 @@ def subscribe(
                 loop.add_signal_handler(sig, stop.set)
             except (NotImplementedError, RuntimeError, ValueError):
                 pass  # not the main thread (e.g. called from a test runner)
-        await prerequisites.check_broker(amqp_url, setting="--amqp-url")
+        await prerequisites.check_broker(
+            amqp_url, setting="--amqp-url", env="$DIGIPOORT_SUBSCRIBER_AMQP_URL"
+        )
         fetcher = None
         if cert and key and ca:
             from digipoort.pki.tls import client_ssl_context
@@ -227,9 +230,17 @@ def subscribe(
 
             fetcher = ReferenceFetcher(client_ssl_context(cert, key, ca))
             fetcher.on_progress = download_progress()
-        return await run_subscriber(
-            amqp_url, oin, out_dir, count=count, stop=stop, on_stored=show, fetcher=fetcher
-        )
+        try:
+            return await run_subscriber(
+                amqp_url, oin, out_dir, count=count, stop=stop, on_stored=show, fetcher=fetcher
+            )
+        except ChannelAccessRefused as exc:
+            raise CliError(
+                f"RabbitMQ refused access to the queue of {oin} (ACCESS_REFUSED): this "
+                "--amqp-url belongs to another recipient (use recipients/<OIN>.txt of "
+                "`digipoort recipients provision`)",
+                "broker-access",
+            ) from exc
 
     handled = _run(go)
     note(f"{handled} messages handled")
