@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from adapters.smtp.subject import format_subject
-from digipoort.clienterrors import ClientError, diagnose
+from digipoort.clienterrors import CertificateRefused, ClientError, diagnose
 from digipoort.pki import certificate_file_oin, client_ssl_context
 
 __all__ = ["CLI", "SmtpSubmitError", "build_mail", "submit_mail"]
@@ -98,6 +98,10 @@ def submit_mail(
         except smtplib.SMTPResponseException as exc:
             error = exc.smtp_error
             shown = error.decode(errors="replace") if isinstance(error, bytes) else str(error)
+            if exc.smtp_code == 535 and "certificate" in shown.lower():
+                raise CertificateRefused(
+                    f"the gateway refused the certificate {cert.name}: {exc.smtp_code} {shown}"
+                ) from None
             raise SmtpSubmitError(exc.smtp_code, shown) from None
         except (OSError, smtplib.SMTPServerDisconnected) as exc:
             refused = diagnose(exc, cert, ca)  # TLS 1.3: the refusal comes with MAIL

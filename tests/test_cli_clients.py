@@ -1,0 +1,226 @@
+"""The test clients of the CLI against a real gateway (WUS, FTPS, SMTP over real TLS with
+the test PKI, RabbitMQ for subscribe): refused certificates say why, a fault prints its
+code once, ``status`` has one schema whatever the source, stdout carries only the
+result."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import shutil
+import uuid
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from tests.cli_support import cli, json_error, one_error_line
+from tests.support import ALFA, AMQP, SAMPLES, Env
+
+CBS = "00000099200000020000"
+HBAG = "00000099200000030000"
+BELASTINGDIENST = "00000099200000010000"
+COMPONENTS = ("intake", "validator", "router", "wus", "ftp", "smtp")
+FLOWS = {"wus": "Omzetbelasting", "ftp": "CBS-Detailhandel", "smtp": "Douane-Uitvoer"}
+SAMPLE = {"wus": "omzetbelasting.xml", "ftp": "cbs-detailhandel.xml", "smtp": "omzetbelasting.xml"}
+STATUS_KEYS = {
+    "kenmerk",
+    "code",
+    "omschrijving",
+    "tijdstempel",
+    "ontvanger",
+    "foutcode",
+    "foutbeschrijving",
+    "details",
+}
+
+
+def identity(pki: Path, stem: str) -> list[str]:
+    return ["--cert", str(pki / f"{stem}.crt"), "--key", str(pki / f"{stem}.key")]
+
+
+async def submit(env: Env, via: str, who: list[str], *extra: str) -> object:
+    return await cli(
+        "submit", "--config", str(env.config_path), "--via", via, *who,
+        "--berichtsoort", FLOWS[via], *extra, str(SAMPLES / SAMPLE[via]),
+    )  # fmt: skip
+
+
+def untrusted_leaf(pki: Path, out: Path) -> Path:
+    """A leaf with Alfa's OIN signed by the untrusted root, next to the gateway's ca.crt
+    (so the client can see the chain ends in a root that ca.crt does not hold)."""
+    out.mkdir(parents=True, exist_ok=True)
+    ca_cert = x509.load_pem_x509_certificate((pki / "untrusted-ca.crt").read_bytes())
+    ca_key = serialization.load_pem_private_key(
+        (pki / "untrusted-ca.key").read_bytes(), password=None
+    )
+    assert isinstance(ca_key, rsa.RSAPrivateKey)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(
+            x509.Name(
+                [
+                    x509.NameAttribute(x509.NameOID.COMMON_NAME, "Alfa"),
+                    x509.NameAttribute(x509.NameOID.SERIAL_NUMBER, ALFA),
+                ]
+            )
+        )
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .sign(ca_key, hashes.SHA256())
+    )
+    (out / "leaf.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (out / "leaf.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    shutil.copy(pki / "ca.crt", out / "ca.crt")
+    shutil.copy(pki / "untrusted-ca.crt", out / "untrusted-ca.crt")
+    return out / "leaf"
+
+
+@pytest.mark.parametrize("via", ["wus", "ftp", "smtp"])
+async def test_refused_certificates_say_why(env: Env, via: str, tmp_path: Path) -> None:
+    await env.start_gateway(components=COMPONENTS)
+    pki = env.pki
+    expected = {
+        "revoked": "revoked",
+        "expired": "expired",
+    }
+    for stem, why in expected.items():
+        line = one_error_line(await submit(env, via, identity(pki, stem)), exit_code=2)
+        assert f"refused the certificate {stem}.crt" in line and why in line, line
+    leaf = untrusted_leaf(pki, tmp_path / "untrusted")
+    line = one_error_line(await submit(env, via, identity(leaf.parent, "leaf")), exit_code=2)
+    assert "refused the certificate leaf.crt" in line and "Untrusted Test Root CA" in line, line
+    # a revoked certificate away from the CRL: the client can only say what it saw
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    for name in ("revoked.crt", "revoked.key", "ca.crt", "chain.pem"):
+        if (pki / name).exists():
+            shutil.copy(pki / name, alone / name)
+    line = one_error_line(await submit(env, via, identity(alone, "revoked")), exit_code=2)
+    assert "refused the certificate revoked.crt" in line, line
+    # and a good one still works: only the kenmerk on stdout, no blank line before it
+    good = await submit(env, via, identity(pki, ALFA))
+    assert good.exit_code == 0, good.output
+    assert good.stdout == f"{uuid.UUID(good.stdout.strip())}\n"
+
+
+async def test_wus_fault_prints_its_code_once(env: Env) -> None:
+    await env.start_gateway(components=COMPONENTS)
+    result = await cli(
+        "submit", "--config", str(env.config_path), *identity(env.pki, ALFA),
+        "--berichtsoort", "Onbekend", str(SAMPLES / "omzetbelasting.xml"),
+    )  # fmt: skip
+    line = one_error_line(result, exit_code=2)
+    assert line.startswith("error: ALS140: De berichtsoort is onbekend.")
+    assert line.count("ALS140") == 1
+    result = await cli(
+        "submit", "--config", str(env.config_path), *identity(env.pki, ALFA), "--json",
+        "--berichtsoort", "Onbekend", str(SAMPLES / "omzetbelasting.xml"),
+    )  # fmt: skip
+    assert json_error(result, exit_code=2)["code"] == "ALS140"
+
+
+async def test_gateway_unreachable_is_one_line(env: Env) -> None:
+    for via in ("wus", "ftp", "smtp"):  # nothing is listening: no gateway started
+        line = one_error_line(await submit(env, via, identity(env.pki, ALFA)))
+        assert "cannot reach the gateway" in line, line
+
+
+async def test_status_has_one_schema_from_database_wus_and_ftp(env: Env) -> None:
+    await env.start_gateway(components=COMPONENTS)
+    cfg = ["--config", str(env.config_path)]
+    result = await submit(env, "ftp", identity(env.pki, ALFA), "--json")
+    assert result.exit_code == 0, result.output
+    kenmerk = json.loads(result.stdout)["kenmerk"]
+    for oin in (CBS, HBAG):
+        await env.wait_status(uuid.UUID(kenmerk), "400", recipient=oin)
+
+    async def history(*via: str) -> list[dict[str, object]]:
+        done = await cli("status", kenmerk, *cfg, *via, "--json")
+        assert done.exit_code == 0, done.output
+        entries = json.loads(done.stdout)
+        assert all(set(e) == STATUS_KEYS for e in entries), entries
+        return list(entries)
+
+    from_db = await history()
+    from_wus = await history("--via", "wus", *identity(env.pki, ALFA))
+    from_ftp = await history("--via", "ftp", *identity(env.pki, ALFA))
+
+    def outline(entries: list[dict[str, object]]) -> list[tuple[object, ...]]:
+        return sorted((e["code"], e["ontvanger"], e["foutcode"], e["kenmerk"]) for e in entries)
+
+    assert outline(from_db) == outline(from_wus) == outline(from_ftp)
+    assert ("400", CBS, None, kenmerk) in outline(from_ftp)
+    human = await cli("status", kenmerk, *cfg, "--via", "ftp", *identity(env.pki, ALFA))
+    assert f"400  Afleveren uitvragende partij gelukt [{HBAG}]" in human.stdout
+    # SMTP senders read statuses as return mails: no --via smtp
+    assert (await cli("status", kenmerk, *cfg, "--via", "smtp")).exit_code == 2
+    unknown = str(uuid.uuid4())
+    line = one_error_line(
+        await cli("status", unknown, *cfg, "--via", "ftp", *identity(env.pki, ALFA))
+    )
+    assert unknown in line
+
+
+async def test_subscribe_refused_by_the_broker(env: Env, tmp_path: Path) -> None:
+    out = tmp_path / "recipients"
+    result = await cli(
+        "recipients", "provision", "--config", str(env.config_path), "--out", str(out), "--json"
+    )
+    assert result.exit_code == 0, result.output
+    provisioned = {p["oin"]: p for p in json.loads(result.stdout)}
+    assert BELASTINGDIENST in provisioned
+    url = (out / f"{BELASTINGDIENST}.txt").read_text().strip()
+    wrong = url.replace("@127.0.0.1", "x@127.0.0.1", 1)
+    line = one_error_line(
+        await cli("subscribe", "--oin", BELASTINGDIENST, "--amqp-url", wrong, "--out",
+                  str(tmp_path / "inbox"), "--count", "1")
+    )  # fmt: skip
+    assert "ACCESS_REFUSED" in line and "--amqp-url" in line
+    assert url.split("@")[0].rsplit(":", 1)[-1] not in line  # no password in the message
+    line = one_error_line(
+        await cli("subscribe", "--oin", CBS, "--amqp-url", url, "--out",
+                  str(tmp_path / "inbox"), "--count", "1")
+    )  # fmt: skip
+    assert f"queue of {CBS}" in line and "ACCESS_REFUSED" in line
+    guest = f"{AMQP.replace(':guest@', ':nope@')}/{env.name}"
+    error = json_error(
+        await cli("subscribe", "--oin", CBS, "--amqp-url", guest, "--out",
+                  str(tmp_path / "inbox"), "--count", "1", "--json")
+    )  # fmt: skip
+    assert error["code"] == "broker-auth"
+
+
+async def test_subscribe_events_as_json_lines(env: Env, tmp_path: Path) -> None:
+    await env.start_gateway(components=COMPONENTS)
+    out = tmp_path / "recipients"
+    result = await cli(
+        "recipients", "provision", "--config", str(env.config_path), "--out", str(out)
+    )
+    assert result.exit_code == 0, result.output
+    sent = await submit(env, "wus", identity(env.pki, ALFA))
+    kenmerk = sent.stdout.strip()
+    url = (out / f"{BELASTINGDIENST}.txt").read_text().strip()
+    got = await asyncio.wait_for(
+        cli("subscribe", "--oin", BELASTINGDIENST, "--amqp-url", url, "--out",
+            str(tmp_path / "inbox"), "--count", "1", "--json"),
+        timeout=60,
+    )  # fmt: skip
+    assert got.exit_code == 0, got.output
+    event = json.loads(got.stdout)
+    assert event["kenmerk"] == kenmerk and event["result"] == "stored"
+    assert (tmp_path / "inbox" / kenmerk).is_dir()
