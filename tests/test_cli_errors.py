@@ -246,6 +246,11 @@ async def test_second_serve_on_the_same_config_refuses(env: Env) -> None:
         assert second.stdout == ""
         assert second.stderr.count("\n") == 1, second.stderr
         assert f"port {port} (setting http.port;" in second.stderr
+        supervised = await asyncio.to_thread(
+            subprocess.run, [*base, "--components", "intake", "--processes", "2"], env=environ,
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert supervised.returncode == 1 and "already in use" in supervised.stderr
         assert await _ready(port)
     finally:
         first.send_signal(signal.SIGTERM)
