@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import uuid
 from pathlib import Path
@@ -178,3 +179,56 @@ async def test_subscribe_events_as_json_lines(env: Env, tmp_path: Path) -> None:
     event = json.loads(got.stdout)
     assert event["kenmerk"] == kenmerk and event["result"] == "stored"
     assert (tmp_path / "inbox" / kenmerk).is_dir()
+
+
+def _run_with_terminal_stderr(args: list[str]) -> tuple[int, str, str]:
+    """Run ``digipoort ARGS`` with stderr on a pseudo-terminal (so progress is drawn)
+    and stdout on a pipe: (exit code, stdout, what the terminal showed)."""
+    import pty
+    import subprocess
+    import sys
+
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "digipoort.cli", *args],
+            stdout=subprocess.PIPE,
+            stderr=slave,
+            env={**os.environ, "COLUMNS": "100", "TERM": "xterm"},
+        )
+        os.close(slave)
+        shown = bytearray()
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            shown += chunk
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        os.close(master)
+    return proc.returncode, out.decode(), shown.decode(errors="replace")
+
+
+@pytest.mark.parametrize("via", ["wus", "ftp"])
+async def test_large_submit_shows_progress_on_the_terminal_only(
+    env: Env, via: str, tmp_path: Path
+) -> None:
+    await env.start_gateway(components=COMPONENTS)
+    if via == "ftp":
+        berichtsoort, big = "DNB-DGS", tmp_path / "dgs.bin"
+        big.write_bytes(os.urandom(3 * 1024 * 1024))
+    else:
+        berichtsoort, big = "Omzetbelasting", tmp_path / "groot.xml"
+        sample = (SAMPLES / "omzetbelasting.xml").read_bytes()
+        big.write_bytes(sample.replace(b"?>", b"?>\n<!--" + b"x" * 3 * 1024 * 1024 + b"-->", 1))
+    code, out, shown = await asyncio.to_thread(
+        _run_with_terminal_stderr,
+        ["submit", "--config", str(env.config_path), "--via", via,
+         *identity(env.pki, ALFA), "--berichtsoort", berichtsoort, str(big)],
+    )  # fmt: skip
+    assert code == 0, shown
+    assert out == f"{uuid.UUID(out.strip())}\n"  # the kenmerk alone on stdout
+    assert big.name in shown and "MB" in shown, shown  # the bar, drawn on stderr
