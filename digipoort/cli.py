@@ -76,6 +76,7 @@ def dev() -> None:
 @click.option("--smtp-port", default=8587, show_default=True)
 @click.option("--pop3-port", default=8110, show_default=True)
 @click.option("--ftp-port", default=8021, show_default=True)
+@json_option
 def dev_init(
     directory: Path,
     force: bool,
@@ -87,6 +88,7 @@ def dev_init(
     smtp_port: int,
     pop3_port: int,
     ftp_port: int,
+    as_json: bool,
 ) -> None:
     """Write a ready-to-run environment: config, sample registry and test PKI."""
     from digipoort.devenv import init_dev_env
@@ -103,11 +105,14 @@ def dev_init(
         pop3_port=pop3_port,
         ftp_port=ftp_port,
     )
-    for path in written:
-        click.echo(f"wrote {path}")
-    if not written:
-        click.echo(f"{directory} is complete; nothing written (use --force to renew)")
-    click.echo(f"config: {directory / 'digipoort.toml'}")
+    lines = [f"wrote {path}" for path in written] or [
+        f"{directory} is complete; nothing written (use --force to renew)"
+    ]
+    config = directory / "digipoort.toml"
+    emit(
+        {"written": [str(p) for p in written], "config": str(config)},
+        "\n".join([*lines, f"config: {config}"]),
+    )
 
 
 # -- setup --------------------------------------------------------------------------------
