@@ -142,9 +142,7 @@ def _load_all(path: Path) -> list[x509.Certificate]:
         return []
 
 
-def _untrusted_root(
-    certs: list[x509.Certificate], directory: Path, ca_file: Path
-) -> str | None:
+def _untrusted_root(certs: list[x509.Certificate], directory: Path, ca_file: Path) -> str | None:
     """The name of the self-signed root our chain ends in, when ``ca_file`` does not hold
     it; None when trusted or when the chain cannot be followed with the certificates at
     hand (the cert file, ``ca_file`` and ``*.pem``/``*.crt`` next to the certificate)."""

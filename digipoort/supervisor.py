@@ -10,8 +10,8 @@ without SO_REUSEPORT) that the ports are free — so a second ``serve``, with or
 
 Metrics use prometheus-client's multi-process mode (a shared directory), so a scrape of
 any child reports all of them. SIGTERM/SIGINT to the supervisor is forwarded to every
-child, each drains its in-flight work, and the supervisor exits 0 when all did. A child that dies unexpectedly is
-restarted (at most once a second).
+child, each drains its in-flight work, and the supervisor exits 0 when all did. A child
+that dies unexpectedly is restarted (at most once a second).
 """
 
 from __future__ import annotations
