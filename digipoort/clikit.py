@@ -26,12 +26,15 @@ import tomllib
 import traceback
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from digipoort import logging as dlogging
 from digipoort.config import Settings, load_settings
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 T = TypeVar("T")
 
@@ -174,19 +177,25 @@ def progress_bar(
     if total < minimum or not sys.stderr.isatty():
         yield None
         return
+    with transfer_progress() as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda n: bar.update(task, advance=n)
+
+
+def transfer_progress() -> Progress:
+    """The look of every transfer progress bar: name, bar, bytes, speed; on stderr, gone
+    when done."""
     from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
-    with Progress(
+    return Progress(
         "[progress.description]{task.description}",
         BarColumn(),
         DownloadColumn(),
         TransferSpeedColumn(),
         console=Console(stderr=True),
         transient=True,
-    ) as bar:
-        task = bar.add_task(description, total=total)
-        yield lambda n: bar.update(task, advance=n)
+    )
 
 
 # -- errors -------------------------------------------------------------------------------

@@ -107,22 +107,15 @@ async def check_broker(
             f"in {setting}",
             "broker-vhost",
         ) from exc
-    except amqp.ProbableAuthenticationError as exc:
-        user = unquote(urlsplit(url).username or "guest")
-        raise PrerequisiteError(
-            f"RabbitMQ at {where} refused the login of user {user!r} (ACCESS_REFUSED: wrong "
-            f"user or password): check {setting} or {env}",
-            "broker-auth",
-        ) from exc
     except (amqp.AMQPConnectionError, OSError, TimeoutError) as exc:
-        cause = exc.args[0] if exc.args and isinstance(exc.args[0], BaseException) else exc
-        if "ACCESS_REFUSED" in str(exc):
+        if isinstance(exc, amqp.ProbableAuthenticationError) or "ACCESS_REFUSED" in str(exc):
             user = unquote(urlsplit(url).username or "guest")
             raise PrerequisiteError(
                 f"RabbitMQ at {where} refused the login of user {user!r} (ACCESS_REFUSED: "
                 f"wrong user or password): check {setting} or {env}",
                 "broker-auth",
             ) from exc
+        cause = exc.args[0] if exc.args and isinstance(exc.args[0], BaseException) else exc
         raise PrerequisiteError(
             f"RabbitMQ is not reachable at {where} ({_reason(cause)}): start it, or fix "
             f"{setting} / {env}",

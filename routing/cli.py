@@ -28,6 +28,7 @@ from digipoort.clikit import (
     note,
     run_async,
     settings_from,
+    transfer_progress,
 )
 from digipoort.config import Settings
 
@@ -251,17 +252,9 @@ def download_progress() -> Callable[[str, int, int], None] | None:
     called with (name, bytes so far, total)."""
     if not sys.stderr.isatty():
         return None
-    from rich.console import Console
-    from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TransferSpeedColumn
+    from rich.progress import TaskID
 
-    bar = Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        console=Console(stderr=True),
-        transient=True,
-    )
+    bar = transfer_progress()
     tasks: dict[str, TaskID] = {}
 
     def advance(name: str, have: int, total: int) -> None:

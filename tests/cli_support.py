@@ -7,6 +7,7 @@ import asyncio
 import json
 from typing import Any
 
+import aiohttp
 from click.testing import CliRunner, Result
 
 from digipoort.cli import main
@@ -40,3 +41,15 @@ def json_error(result: Result, *, exit_code: int = 1) -> dict[str, Any]:
     assert set(data) == {"error", "code"}, data
     assert "\n" not in data["error"]
     return dict(data)
+
+
+async def http_ready(port: int) -> bool:
+    """``/readyz`` of a gateway on ``port`` answers 200."""
+    try:
+        async with (
+            aiohttp.ClientSession() as s,
+            s.get(f"http://127.0.0.1:{port}/readyz") as r,
+        ):
+            return r.status == 200
+    except aiohttp.ClientError:
+        return False

@@ -17,14 +17,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import aiohttp
 import asyncpg
 import pytest
 
 from digipoort import provision
 from digipoort.clikit import one_line, port_setting
 from digipoort.config import Settings
-from tests.cli_support import cli, json_error, one_error_line, run_cli
+from tests.cli_support import cli, http_ready, json_error, one_error_line, run_cli
 from tests.support import ALFA, AMQP, MGMT, PG_ADMIN, Env, free_port, wait_for
 
 KENMERK = "00000000-0000-0000-0000-000000000001"
@@ -215,17 +214,6 @@ def test_port_setting_and_one_line() -> None:
     )
 
 
-async def _ready(port: int) -> bool:
-    try:
-        async with (
-            aiohttp.ClientSession() as s,
-            s.get(f"http://127.0.0.1:{port}/readyz") as r,
-        ):
-            return r.status == 200
-    except aiohttp.ClientError:
-        return False
-
-
 async def test_second_serve_on_the_same_config_refuses(env: Env) -> None:
     """Without --processes nothing shares a port (no SO_REUSEPORT): the second serve
     says the port is taken and exits; the first keeps serving."""
@@ -237,7 +225,7 @@ async def test_second_serve_on_the_same_config_refuses(env: Env) -> None:
     )  # fmt: skip
     try:
         port = env.settings.http.port
-        await wait_for(lambda: _ready(port), timeout=60, what="first serve ready")
+        await wait_for(lambda: http_ready(port), timeout=60, what="first serve ready")
         second = await asyncio.to_thread(
             subprocess.run, [*base, "--components", "intake,wus"], env=environ,
             capture_output=True, text=True, timeout=60,
@@ -251,7 +239,7 @@ async def test_second_serve_on_the_same_config_refuses(env: Env) -> None:
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert supervised.returncode == 1 and "already in use" in supervised.stderr
-        assert await _ready(port)
+        assert await http_ready(port)
     finally:
         first.send_signal(signal.SIGTERM)
         rc = await asyncio.to_thread(first.wait, 30)
