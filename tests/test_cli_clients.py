@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.cli_support import cli, json_error, one_error_line
-from tests.support import ALFA, AMQP, SAMPLES, Env
+from tests.support import ALFA, AMQP, SAMPLES, Env, aanlevering
 
 CBS = "00000099200000020000"
 HBAG = "00000099200000030000"
@@ -232,3 +232,33 @@ async def test_large_submit_shows_progress_on_the_terminal_only(
     assert code == 0, shown
     assert out == f"{uuid.UUID(out.strip())}\n"  # the kenmerk alone on stdout
     assert big.name in shown and "MB" in shown, shown  # the bar, drawn on stderr
+
+
+async def test_subscribe_shows_grote_berichten_download_progress(env: Env, tmp_path: Path) -> None:
+    """A document delivered by reference is fetched with a progress bar on a terminal
+    stderr; stdout keeps one line per message."""
+    gw = await env.start_gateway(components=("intake", "validator", "router", "wus"))
+    assert gw.intake is not None
+    out = tmp_path / "recipients"
+    provisioned = await cli(
+        "recipients", "provision", "--config", str(env.config_path), "--out", str(out)
+    )
+    assert provisioned.exit_code == 0, provisioned.output
+    line = b"<regel>" + b"x" * 90 + b"</regel>\n"
+    large = b"<omzet>" + line * (6 * 1024 * 1024 // len(line)) + b"</omzet>"
+    accepted = await gw.intake.aanleveren(aanlevering("Omzetbelasting", content=large))
+    await env.wait_status(accepted.kenmerk, "400", recipient=BELASTINGDIENST)
+    inbox = tmp_path / "inbox"
+    code, stdout, shown = await asyncio.to_thread(
+        _run_with_terminal_stderr,
+        ["subscribe", "--oin", BELASTINGDIENST,
+         "--amqp-url", (out / f"{BELASTINGDIENST}.txt").read_text().strip(),
+         "--out", str(inbox), "--count", "1", *identity(env.pki, BELASTINGDIENST),
+         "--ca", str(env.pki / "ca.crt")],
+    )  # fmt: skip
+    assert code == 0, shown
+    assert stdout.startswith(f"1/1 stored {accepted.kenmerk} Omzetbelasting"), stdout
+    assert stdout.count("\n") == 1
+    assert "MB" in shown, shown  # the download bar, on stderr
+    stored = next((inbox / str(accepted.kenmerk)).glob("*.xml"))
+    assert stored.read_bytes() == large

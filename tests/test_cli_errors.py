@@ -140,19 +140,34 @@ async def test_serve_with_broker_unreachable_or_vhost_missing(env: Env) -> None:
 
 
 # -- setup checks everything before it changes anything -----------------------------------
-async def test_setup_with_management_unreachable_changes_nothing(env: Env) -> None:
+@pytest.mark.parametrize(
+    ("broken", "message"),
+    [
+        ("management", "management API is not reachable"),
+        ("amqp", "RabbitMQ (AMQP) is not reachable"),
+        ("postgresql", "PostgreSQL is not reachable"),
+    ],
+)
+async def test_setup_with_a_prerequisite_missing_changes_nothing(
+    env: Env, broken: str, message: str
+) -> None:
     name = f"dptest_setup_{uuid.uuid4().hex[:8]}"
-    result = await cli(
-        "setup", "--config", str(env.config_path),
-        env={
-            "DIGIPOORT_DATABASE__URL": f"{PG_ADMIN}/{name}",
-            "DIGIPOORT_BROKER__URL": f"{AMQP}/{name}",
-            "DIGIPOORT_BROKER__MANAGEMENT_URL": f"http://guest:guest@127.0.0.1:{free_port()}",
-        },
-    )  # fmt: skip
+    dead = free_port()
+    overrides = {
+        "DIGIPOORT_DATABASE__URL": f"{PG_ADMIN}/{name}",
+        "DIGIPOORT_BROKER__URL": f"{AMQP}/{name}",
+        "DIGIPOORT_BROKER__MANAGEMENT_URL": MGMT,
+    }
+    if broken == "management":
+        overrides["DIGIPOORT_BROKER__MANAGEMENT_URL"] = f"http://guest:guest@127.0.0.1:{dead}"
+    elif broken == "amqp":
+        overrides["DIGIPOORT_BROKER__URL"] = f"amqp://guest:guest@127.0.0.1:{dead}/{name}"
+    else:
+        overrides["DIGIPOORT_DATABASE__URL"] = f"postgresql://postgres@127.0.0.1:{dead}/{name}"
+    result = await cli("setup", "--config", str(env.config_path), env=overrides)
     assert result.exit_code == 1
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and "management API is not reachable" in errors[0]
+    assert len(errors) == 1 and message in errors[0], result.stderr
     assert "Traceback" not in result.stderr
     admin = await asyncpg.connect(f"{PG_ADMIN}/postgres")
     try:
