@@ -8,7 +8,7 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from uuid import UUID
 
 import click
@@ -26,8 +26,6 @@ from digipoort.clikit import (
     step,
 )
 from digipoort.config import Settings
-
-T = TypeVar("T")
 
 _settings = settings_from
 _run = run_async
