@@ -202,8 +202,9 @@ def port_in_use(port: int | None, setting: str | None) -> PrerequisiteError:
     if setting:
         env = "DIGIPOORT_" + setting.split("/")[0].replace(".", "__").upper()
         where += f" (setting {setting}; move it in the config or with {env}=…)"
+    shows = f" (`ss -tanp 'sport = :{port}'` shows by what)" if port else ""
     return PrerequisiteError(
-        f"{where} is already in use: is another `digipoort serve` with this config running? "
-        "Stop it, or give this one other ports",
+        f"{where} is already in use: another `digipoort serve` with this config, or another "
+        f"program{shows}; stop it, or move the port",
         "port-in-use",
     )
