@@ -283,7 +283,7 @@ async def test_two_deliverers_never_push_one_delivery_twice(env: Env, tmp_path: 
     await server.start("127.0.0.1", port)
     try:
         gw = await env.start_gateway(components=(*COMPONENTS[:-1], "deliverer"))
-        await env.start_gateway(components=("deliverer",))  # a second deliverer process
+        await env.start_gateway(components=("deliverer",), serve_http=False)  # a 2nd deliverer
         kenmerken = await submit(gw, 12)
         for k in kenmerken:
             await env.wait_status(k, "400", recipient=BD, timeout=30)
