@@ -19,6 +19,7 @@ from digipoort.clikit import (
     CliError,
     DigipoortGroup,
     config_option,
+    configure_logging,
     emit,
     json_option,
     run_async,
@@ -45,6 +46,7 @@ def main(ctx: click.Context, debug: bool) -> None:
     Every error is one line on stderr (with --json: {"error": …, "code": …} on stdout)
     and a non-zero exit; --debug shows the traceback."""
     ctx.meta[DEBUG_KEY] = debug
+    configure_logging()
 
 
 # -- dev --------------------------------------------------------------------------------

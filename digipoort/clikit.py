@@ -109,6 +109,13 @@ json_option = click.option(
 )
 
 
+def configure_logging() -> None:
+    """Logs to stderr before any config is read (structlog's default would print to
+    stdout): warnings only, unless ``--debug`` or ``DIGIPOORT_LOG_LEVEL`` says more."""
+    level = os.environ.get("DIGIPOORT_LOG_LEVEL") or "warning"
+    dlogging.configure("debug" if debug_enabled() else level)
+
+
 def settings_from(config_path: Path | None, *, serving: bool = False) -> Settings:
     """Load the settings and configure logging (stderr only): by the config for
     ``serve``; for one-shot commands only warnings, unless ``--debug`` or
