@@ -67,6 +67,8 @@ class WusConfig(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8443
     public_url: str = "https://localhost:8443"
+    # Further public base URLs accepted in wsa:To (a gateway reached under several names).
+    accepted_urls: list[str] = []
     allow_sha1: bool = True
     max_clock_skew_seconds: int = 300
     max_request_bytes: int = 30 * 1024 * 1024

@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from lxml import etree
 
 from adapters.wus import conformance, messages, store
+from adapters.wus.addressing import EndpointAddresses
 from adapters.wus.codes import FAULT_NUMBERS, Kind, Refusal
 from adapters.wus.ophaal import OPERATIONS as OPHAAL_OPERATIONS
 from adapters.wus.ophaal import Ophaalservice
@@ -140,6 +141,7 @@ class WusService:
         self.signing_cert = signing_cert
         self.conformance_mode = conformance_mode
         self.public_url = settings.wus.public_url.rstrip("/")
+        self.addresses = EndpointAddresses(self.public_url, settings.wus.accepted_urls)
         self.max_request_bytes = settings.wus.max_request_bytes
         self.skew = timedelta(seconds=settings.wus.max_clock_skew_seconds)
         self._large = asyncio.Semaphore(LARGE_SLOTS)
@@ -249,8 +251,7 @@ class WusService:
         def work() -> tuple[ParsedEnvelope, WusOperation, VerifiedSecurity]:
             parsed = self._parse(body, allow_huge)
             seen.message_id = parsed.message_id
-            operation = self._operation(parsed, service, soap_action)
-            seen.operation = operation
+            operation = self._operation(parsed, service, soap_action, seen)
             return parsed, operation, self._verify_signature(parsed)
 
         if len(body) > LARGE_BODY:
@@ -282,18 +283,17 @@ class WusService:
             raise Refusal("malformed", exc.code, exc.code) from None
 
     def _operation(
-        self, parsed: ParsedEnvelope, service: Service, soap_action: str
+        self, parsed: ParsedEnvelope, service: Service, soap_action: str, seen: _Seen
     ) -> WusOperation:
+        """The operation named by wsa:Action (in its action form, published or WCF's); from
+        here on a refusal carries that operation's fault action."""
         operation = operation_for_action(parsed.action) or EXTRA_OPERATIONS.get(parsed.action)
-        if (
-            operation is None
-            or not SERVICES.get(service.path)
-            or operation.fault_element != (service.fault_element)
-        ):
+        if operation is None or operation.fault_element != service.fault_element:
             raise Refusal("malformed", "unknown_action", "onbekende wsa:Action voor deze service")
+        seen.operation = operation
         if soap_action != parsed.action:
             raise Refusal("malformed", "action_mismatch", "wsa:Action verschilt van SOAPAction")
-        if parsed.to.rstrip("/") != self.public_url + service.path:
+        if not self.addresses.is_service(parsed.to, service.path):
             raise Refusal("malformed", "wrong_to", "wsa:To is niet het adres van deze service")
         if etree.QName(parsed.payload).localname != operation.request_element:
             raise Refusal("malformed", "wrong_body", f"Body bevat geen {operation.request_element}")

@@ -10,8 +10,8 @@ from __future__ import annotations
 import copy
 import re
 import uuid
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from types import MappingProxyType
 from typing import Final, Literal
@@ -30,6 +30,7 @@ __all__ = [
     "SOAP11_NS",
     "SOAP12_NS",
     "STATUSINFORMATIESERVICE_NS",
+    "WCF_PORT_SUFFIX",
     "WSA_ANONYMOUS",
     "WSA_FAULT_ACTION",
     "WSA_NONE",
@@ -43,6 +44,7 @@ __all__ = [
     "build_fault",
     "new_message_id",
     "operation_for_action",
+    "operations_by_action",
     "parse_envelope",
 ]
 
@@ -88,9 +90,20 @@ _WSA_EPR_HEADERS: Final = frozenset({"From", "ReplyTo", "FaultTo"})
 # --------------------------------------------------------------------------- operations
 
 
+#: WCF (svcutil, .NET) derives an operation's action from the WSDL's portType name
+#: (``AanleverService_V1_2``) instead of the ``soapAction`` of the binding; both forms
+#: are accepted, and the answer uses the form of the request (docs/wus.md).
+WCF_PORT_SUFFIX: Final = "_V1_2"
+
+
 @dataclass(frozen=True, slots=True)
 class WusOperation:
-    """One koppelvlak operation and the WS-Addressing actions that belong to it."""
+    """One koppelvlak operation and the WS-Addressing actions that belong to it.
+
+    ``port`` is the path segment of the action URIs: the published form
+    (``AanleverService``) or WCF's portType form (``AanleverService_V1_2``); see
+    :meth:`forms`.
+    """
 
     service_ns: str
     port: str  # e.g. "AanleverService" (the path segment in the action URIs)
@@ -110,6 +123,17 @@ class WusOperation:
     @property
     def fault_action(self) -> str:
         return f"{self.service_ns}{self.port}/{self.name}/Fault/"
+
+    def forms(self) -> tuple[WusOperation, WusOperation]:
+        """This operation in the published and in WCF's action form."""
+        published = self.port.removesuffix(WCF_PORT_SUFFIX)
+        return replace(self, port=published), replace(self, port=published + WCF_PORT_SUFFIX)
+
+
+def operations_by_action(operations: Iterable[WusOperation]) -> Mapping[str, WusOperation]:
+    """Operations keyed by every accepted request action; each value answers in the form
+    of its key (its response and fault actions use the same port segment)."""
+    return MappingProxyType({form.request_action: form for op in operations for form in op.forms()})
 
 
 def _ops(ns: str, port: str, fault: str, names: tuple[str, ...]) -> list[WusOperation]:
@@ -163,10 +187,8 @@ _ALL_OPERATIONS: Final = (
     ),
 )
 
-#: Operations keyed by their request wsa:Action (== SOAPAction).
-OPERATIONS: Final[Mapping[str, WusOperation]] = MappingProxyType(
-    {op.request_action: op for op in _ALL_OPERATIONS}
-)
+#: Operations keyed by their request wsa:Action (== SOAPAction), in both forms.
+OPERATIONS: Final[Mapping[str, WusOperation]] = operations_by_action(_ALL_OPERATIONS)
 
 #: Fault detail element names defined in the koppelvlak XSD.
 FAULT_DETAIL_ELEMENTS: Final = frozenset(
@@ -175,7 +197,8 @@ FAULT_DETAIL_ELEMENTS: Final = frozenset(
 
 
 def operation_for_action(action: str) -> WusOperation | None:
-    """Return the operation whose request action is ``action`` (None if unknown)."""
+    """Return the operation whose request action is ``action``, in that action's form
+    (None if unknown)."""
     return OPERATIONS.get(action)
 
 
@@ -223,6 +246,8 @@ _XML_DECL_ENCODING_RE: Final = re.compile(
 _ACCEPTED_ENCODINGS: Final = frozenset({b"utf-8", b"utf8", b"us-ascii", b"ascii"})
 _UTF8_BOM: Final = b"\xef\xbb\xbf"
 _MAX_EXCERPT: Final = 80
+#: wsa:MessageID becomes the envelope's berichtkenmerk (berichtkenmerkType: at most 256).
+MAX_MESSAGE_ID: Final = 256
 
 
 def _excerpt(value: str) -> str:
@@ -420,6 +445,10 @@ def parse_envelope(
     to = _required(found, "To", "missing_wsa_to")
     action = _required(found, "Action", "missing_wsa_action")
     message_id = _required(found, "MessageID", "missing_wsa_messageid")
+    if len(message_id) > MAX_MESSAGE_ID:
+        raise SoapError(
+            "message_id_too_long", f"wsa:MessageID is longer than {MAX_MESSAGE_ID} characters"
+        )
     relates_to = (
         _simple_value(found["RelatesTo"], "bad_wsa_header") if "RelatesTo" in found else None
     )
