@@ -8,8 +8,9 @@ Per request, cheapest checks first (docs/wus.md):
 2. HTTP: POST, not SOAP 1.2, SOAPAction present; the body is read in chunks and refused
    as soon as it passes ``wus.max_request_bytes`` (a declared Content-Length above the
    cap is refused without reading). Large bodies wait for one of a few "large request"
-   slots, so memory stays bounded; parsing and verification of large bodies run in a
-   worker thread, so a huge request never stalls the event loop.
+   slots, so memory stays bounded; parsing and verification of any body above 64 KiB run
+   in a worker thread, and namespace declarations / attributes are bounded before c14n,
+   so no request stalls the event loop (docs/wus-security.md).
 3. SOAP 1.1 + WS-Addressing (``soap.parse_envelope``), wsa:Action == SOAPAction, an
    operation of *this* endpoint, wsa:To == this endpoint's public address.
 4. WS-Security (``wssecurity.verify_envelope``); the BinarySecurityToken's certificate is
@@ -70,8 +71,12 @@ from digipoort.status import now
 
 log = structlog.get_logger(__name__)
 
-#: Bodies above this are read only while holding one of LARGE_SLOTS, and parsed in a thread.
+#: Bodies above this are read only while holding one of LARGE_SLOTS.
 LARGE_BODY: Final = 1024 * 1024
+#: Bodies above this are parsed and their signature verified in a worker thread: below it
+#: parsing + c14n + verification cost a few milliseconds (namespaces and attributes are
+#: bounded by the parser), above it they could hold the event loop too long.
+OFF_LOOP_BODY: Final = 64 * 1024
 LARGE_SLOTS: Final = 4
 #: Status requests are tiny: their endpoint takes at most this much.
 STATUS_MAX_REQUEST: Final = 1024 * 1024
@@ -254,7 +259,7 @@ class WusService:
             operation = self._operation(parsed, service, soap_action, seen)
             return parsed, operation, self._verify_signature(parsed)
 
-        if len(body) > LARGE_BODY:
+        if len(body) > OFF_LOOP_BODY:
             parsed, operation, security = await asyncio.to_thread(work)
         else:
             parsed, operation, security = work()

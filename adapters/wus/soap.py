@@ -2,7 +2,8 @@
 
 Pure functions, no I/O. Parsing is hardened: DTDs are refused before libxml2 sees the
 document, entities are never resolved, nothing is fetched from the network, and the
-element depth is bounded. See ``docs/wus-security.md``.
+element depth, the namespace declarations and the attributes per element are bounded
+(before any canonicalization). See ``docs/wus-security.md``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from types import MappingProxyType
 from typing import Final, Literal
 
 from lxml import etree
+
+from digipoort import xmlsafe
 
 __all__ = [
     "AANLEVERSERVICE_NS",
@@ -246,6 +249,10 @@ _XML_DECL_ENCODING_RE: Final = re.compile(
 _ACCEPTED_ENCODINGS: Final = frozenset({b"utf-8", b"utf8", b"us-ascii", b"ascii"})
 _UTF8_BOM: Final = b"\xef\xbb\xbf"
 _MAX_EXCERPT: Final = 80
+#: Bounds before any c14n (whose cost grows with elements x namespaces in scope): real
+#: SOAP stacks send a few dozen declarations and a handful of attributes per element.
+MAX_NAMESPACE_DECLARATIONS: Final = 256
+MAX_ATTRIBUTES: Final = 64
 #: wsa:MessageID becomes the envelope's berichtkenmerk (berichtkenmerkType: at most 256).
 MAX_MESSAGE_ID: Final = 256
 
@@ -285,6 +292,10 @@ def _depth_probe(max_depth: int) -> etree.XPath:
 
 def _parse_xml(data: bytes, *, max_depth: int, huge_text: bool) -> etree._Element:
     _check_prolog(data)
+    try:
+        xmlsafe.check_namespace_declarations(data, MAX_NAMESPACE_DECLARATIONS)
+    except xmlsafe.XmlRejected as exc:
+        raise SoapError(exc.code, exc.message) from None
     parser = etree.XMLParser(
         resolve_entities=False,
         no_network=True,
@@ -309,6 +320,10 @@ def _parse_xml(data: bytes, *, max_depth: int, huge_text: bool) -> etree._Elemen
         raise SoapError("dtd_forbidden", "DOCTYPE/DTD declarations are not allowed")
     if _depth_probe(max_depth)(root):
         raise SoapError("too_deep", f"document nesting deeper than {max_depth}")
+    try:
+        xmlsafe.check_attributes(root, MAX_ATTRIBUTES)
+    except xmlsafe.XmlRejected as exc:
+        raise SoapError(exc.code, exc.message) from None
     return root
 
 
