@@ -72,6 +72,11 @@ class WusConfig(BaseModel):
     allow_sha1: bool = True
     max_clock_skew_seconds: int = 300
     max_request_bytes: int = 30 * 1024 * 1024
+    # HTTP guard (docs/wus-security.md): headers due within this after connect / first byte,
+    # idle kept-alive connections closed after idle_timeout, open connections per client IP.
+    header_timeout_seconds: float = 15.0
+    idle_timeout_seconds: float = 60.0
+    max_connections_per_ip: int = 100
     # The Aansluit Suite stub: berichtsoort TEST, aanleverkenmerk selects a scenario.
     conformance: bool = True
 

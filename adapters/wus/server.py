@@ -169,7 +169,7 @@ class WusService:
             )
         if request.query.get("xsd") == XSD_NAME:
             return web.Response(body=xsd(), content_type="text/xml", charset="utf-8")
-        return web.Response(status=404, text="use ?wsdl\n")
+        raise web.HTTPNotFound(text="use ?wsdl\n")  # logged and counted by the HTTP guard
 
     async def post(self, request: web.Request) -> web.StreamResponse:
         service = SERVICES[request.path]

@@ -9,6 +9,7 @@ reported together. The rows name the issue they came from (issue 11).
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -16,9 +17,12 @@ from dataclasses import dataclass
 from typing import Final
 
 import aiohttp
+import pytest
 import pytest_asyncio
+import structlog.testing
 from lxml import etree
 
+from adapters.wus.afleverserver import AfleverServer
 from adapters.wus.client import Bijlage, WusClient
 from adapters.wus.soap import (
     KOPPELVLAK_NS,
@@ -28,8 +32,11 @@ from adapters.wus.soap import (
     build_envelope,
 )
 from adapters.wus.wssecurity import sign_envelope
+from digipoort import httpguard
+from digipoort.httpguard import HTTP_REFUSALS, HttpGuardConfig
+from digipoort.pki import client_ssl_context
 from routing.statusreports import build_zet_status
-from tests.support import ALFA, BELASTINGDIENST, Env
+from tests.support import ALFA, BELASTINGDIENST, Env, free_port, wait_for
 from tests.test_wus import omzetbelasting_request
 
 KV: Final = f"{{{KOPPELVLAK_NS}}}"
@@ -308,3 +315,194 @@ async def test_a_namespace_bomb_does_not_stall_the_event_loop(gateway: Gateway) 
     print(f"max loop stall {stall * 1000:.1f} ms, /healthz max {max(latencies) * 1000:.1f} ms")
     assert stall < 0.2
     assert max(latencies) < 0.2
+
+
+# ------------------------------------------------------------------ the HTTP layer, every port
+
+GUARD: Final = HttpGuardConfig(header_timeout=1.5, idle_timeout=5.0, max_per_ip=4)
+
+
+@dataclass(frozen=True)
+class Http:
+    """Raw bytes to one port and the status line the HTTP layer must answer."""
+
+    port: str  # "wus" (TLS, also Grote Berichten), "metrics", "aflever" (TLS)
+    request: bytes
+    status: int
+    reason: str  # the ``reason`` label of digipoort_http_refusals_total
+
+
+_GB: Final = f"/grote-berichten/{uuid.UUID(int=1)}"
+AFLEVER: Final = f"{WUS}afleverservice/1.2/AfleverService/afleverenRequest".encode()
+HTTP_CASES: Final = [
+    # section 4 / observability: aiohttp's own refusals give one log line + one metric
+    Http("metrics", b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n", 404, "Not Found"),
+    Http("metrics", b"DELETE /healthz HTTP/1.1\r\nHost: x\r\n\r\n", 405, "Method Not Allowed"),
+    Http("metrics", b"GET /healthz HTTP/1.1\r\nHost: x\r\nno colon\r\n\r\n", 400, "BadHttpMessage"),
+    Http("metrics", b"GET /healthz HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 70_000 + b"\r\n\r\n", 400, "LineTooLong"),
+    Http("metrics", b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03" + b"\x00" * 40, 400, "BadHttpMethod"),
+    Http("metrics", b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n", 400, "BadHttpMessage"),
+    Http("wus", b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n", 404, "Not Found"),
+    Http("wus", b"GET /wus/2.0/aanleverservice/1.2 HTTP/1.1\r\nHost: x\r\n\r\n", 404, "Not Found"),
+    Http("wus", b"PUT /wus/2.0/aanleverservice/1.2 HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", 405, "Method Not Allowed"),
+    Http("wus", b"DELETE " + _GB.encode() + b"/0 HTTP/1.1\r\nHost: x\r\n\r\n", 405, "Method Not Allowed"),
+    Http("wus", b"GET /x HTTP/1.1\r\nHost: x\r\nX-\x01: y\r\n\r\n", 400, "BadHttpMessage"),
+    Http("wus", b"POST /wus/2.0/aanleverservice/1.2 HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n", 400, "BadHttpMessage"),
+    Http("aflever", b"GET /afleveren HTTP/1.1\r\nHost: x\r\n\r\n", 405, "Method Not Allowed"),
+    Http("aflever", b"POST /a HTTP/1.1\r\nHost: x\r\nSOAPAction: " + AFLEVER + b"\r\nContent-Length: 99999999999\r\n\r\n", 413, "Request Entity Too Large"),
+    Http("aflever", b"GET\x00 / HTTP/1.1\r\n\r\n", 400, "BadHttpMethod"),
+]  # fmt: skip
+
+#: Grote Berichten (section 4): answered by the download handler itself (its own metric).
+GB_CASES: Final = [
+    (f"{_GB}/99999", 404),  # seq beyond smallint
+    (f"{_GB}/32768", 404),
+    (f"{_GB}/%D9%A3", 404),  # "٣": a digit to int(), not to the path grammar
+    (f"{_GB}/-1", 404),
+    ("/grote-berichten/not-a-uuid/0", 404),
+]
+
+
+@dataclass
+class Ports:
+    gateway: Gateway
+    aflever_port: int
+
+    def address(self, port: str) -> tuple[str, int, ssl.SSLContext | None]:
+        s = self.gateway.env.settings
+        pki = self.gateway.env.dir / "pki"
+        if port == "metrics":
+            return "127.0.0.1", s.http.port, None
+        context = client_ssl_context(pki / f"{ALFA}.crt", pki / f"{ALFA}.key", pki / "ca.crt")
+        return "localhost", s.wus.port if port == "wus" else self.aflever_port, context
+
+    async def open(self, port: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        host, number, context = self.address(port)
+        return await asyncio.open_connection(host, number, ssl=context, limit=2**20)
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def ports(env: Env, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Ports]:
+    """WUS, metrics and aflever-server ports, each with a short header deadline and at most
+    4 connections per client address."""
+    monkeypatch.setattr(httpguard, "METRICS_PORT", GUARD)
+    wus = env.settings.wus
+    wus.header_timeout_seconds, wus.idle_timeout_seconds = GUARD.header_timeout, GUARD.idle_timeout
+    wus.max_connections_per_ip = GUARD.max_per_ip
+    await env.start_gateway()
+    pki = env.dir / "pki"
+    aflever = AfleverServer(
+        pki / f"{BELASTINGDIENST}.crt",
+        pki / f"{BELASTINGDIENST}.key",
+        pki / "ca.crt",
+        env.dir / "afgeleverd",
+        pki / "chain.pem",
+        guard=GUARD,
+    )
+    port = free_port()
+    await aflever.start("127.0.0.1", port)
+    try:
+        yield Ports(Gateway(env), port)
+    finally:
+        await aflever.stop()
+
+
+def _refusals(port: str) -> float:
+    return sum(
+        sample.value
+        for metric in HTTP_REFUSALS.collect()
+        for sample in metric.samples
+        if sample.name.endswith("_total") and sample.labels["port"] == port
+    )
+
+
+async def _exchange(ports: Ports, case: Http) -> str | None:
+    before = _refusals(case.port)
+    reader, writer = await ports.open(case.port)
+    try:
+        with structlog.testing.capture_logs() as logs:
+            writer.write(case.request)
+            await writer.drain()
+            async with asyncio.timeout(10):
+                status_line = await reader.readline()
+    finally:
+        writer.close()
+    lines = [e for e in logs if e["event"] == "http.refused" and e["status"] == case.status]
+    got = (status_line.split(b" ")[1:2], _refusals(case.port) - before, len(lines))
+    expected = ([str(case.status).encode()], 1, 1)
+    reason = lines[0]["reason"] if lines else None
+    if got == expected and reason == case.reason:
+        return None
+    return (
+        f"{case.port} {case.request[:40]!r}: expected {expected} {case.reason}, got {got} {reason}"
+    )
+
+
+async def test_http_table(ports: Ports) -> None:
+    problems = [await _exchange(ports, case) for case in HTTP_CASES]
+    bad = [p for p in problems if p]
+    assert not bad, "\n".join(bad)
+
+
+async def test_grote_berichten_table(ports: Ports) -> None:
+    host, port, context = ports.address("wus")
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as session:
+        got = []
+        for path, _status in GB_CASES:
+            async with session.get(f"https://{host}:{port}{path}") as response:
+                got.append((path, response.status))
+    assert got == GB_CASES
+
+
+async def _dribble(ports: Ports, port: str, *, first: bytes) -> tuple[bytes, float]:
+    """Send ``first``, then one header line every 0.2 s; (what came back, seconds until the
+    server closed). Fails if the server keeps the request open for 10 s."""
+    reader, writer = await ports.open(port)
+    started = time.monotonic()
+    try:
+        writer.write(first)
+        async with asyncio.timeout(10):
+            while True:
+                try:
+                    answer = await asyncio.wait_for(reader.read(), 0.2)
+                    return answer, time.monotonic() - started
+                except TimeoutError:
+                    writer.write(b"X-Slow: 1\r\n")
+                    await writer.drain()
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("port", ["wus", "metrics", "aflever"])
+async def test_slow_headers_get_408_at_the_deadline(ports: Ports, port: str) -> None:
+    before = _refusals(port)
+    answer, seconds = await _dribble(ports, port, first=b"POST / HTTP/1.1\r\nHost: x\r\n")
+    assert answer.startswith(b"HTTP/1.1 408 "), answer
+    assert GUARD.header_timeout <= seconds < GUARD.header_timeout + 5
+    assert _refusals(port) - before == 1
+
+
+@pytest.mark.parametrize("port", ["wus", "metrics", "aflever"])
+async def test_connections_per_ip_are_limited(ports: Ports, port: str) -> None:
+    before = _refusals(port)
+    opened = [await ports.open(port) for _ in range(GUARD.max_per_ip)]
+    try:
+        reader, writer = await ports.open(port)
+        async with asyncio.timeout(10):
+            answer = await reader.read()
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 503 "), answer
+        assert _refusals(port) - before == 1
+    finally:
+        for _, w in opened:
+            w.close()
+
+    # the slots are free again once those connections are gone
+    async def served() -> bool:
+        reader, writer = await ports.open(port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answer = await reader.read()
+        writer.close()
+        return not answer.startswith(b"HTTP/1.1 503 ")
+
+    assert await wait_for(served, what="a free connection slot")
