@@ -13,7 +13,8 @@ few seconds keeps a request (and a connection slot) open for ever. ``GuardedSite
   it with its own read deadline). An idle kept-alive connection is closed after
   ``idle_timeout`` seconds, silently.
 * **Per-IP limit.** At most ``max_per_ip`` open connections per client address; one more
-  is answered ``503`` and closed at once.
+  is answered ``503`` and closed at once. On TLS ports both apply from the end of the
+  handshake; the handshake itself must finish within ``header_timeout`` too.
 * **Observability.** aiohttp's own refusals — malformed HTTP (400, which aiohttp would
   log with a traceback), unknown path (404), wrong method (405), body over
   ``client_max_size`` (413) — each give one structured log line ``http.refused`` and one
