@@ -9,6 +9,7 @@ reported together. The rows name the issue they came from (issue 11).
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 import time
 import uuid
@@ -438,10 +439,13 @@ async def _exchange(ports: Ports, case: Http) -> str | None:
     )
 
 
-async def test_http_table(ports: Ports) -> None:
-    problems = [await _exchange(ports, case) for case in HTTP_CASES]
+async def test_http_table(ports: Ports, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.DEBUG, logger="aiohttp"):
+        problems = [await _exchange(ports, case) for case in HTTP_CASES]
     bad = [p for p in problems if p]
     assert not bad, "\n".join(bad)
+    # nothing through aiohttp's own loggers: no "Error handling request" tracebacks
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("aiohttp")] == []
 
 
 async def test_grote_berichten_table(ports: Ports) -> None:
