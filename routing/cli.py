@@ -10,7 +10,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import asyncpg
 import click
@@ -338,21 +338,24 @@ def dead_retry(
             settings, lambda pool: retry(settings.broker.url, pool, set(kenmerken), actor=actor)
         )
     )
-    missing = sorted(set(kenmerken) - {d.kenmerk for d in done})
     _report_dead(
         "retried",
-        [{"kenmerk": d.kenmerk, "stage": d.stage} for d in done],
-        [f"retried {d.kenmerk} → {d.stage}" for d in done],
-        missing,
+        kenmerken,
+        [(d.kenmerk, d.stage, f"retried {d.kenmerk} → {d.stage}") for d in done],
         "not retried (absent or not retryable)",
     )
 
 
 def _report_dead(
-    action: str, done: list[dict[str, Any]], lines: list[str], missing: list[str], why: str
+    action: str, asked: tuple[str, ...], done: list[tuple[str | None, str, str]], why: str
 ) -> None:
-    """The outcome of retry/discard; exit 1 if some kenmerken were not handled."""
-    emit({action: done, "missing": missing}, "\n".join(lines))
+    """The outcome of retry/discard (``done``: kenmerk, stage, line); exit 1 if some
+    kenmerken ``asked`` for were not handled."""
+    missing = sorted(set(asked) - {kenmerk for kenmerk, _, _ in done})
+    emit(
+        {action: [{"kenmerk": k, "stage": st} for k, st, _ in done], "missing": missing},
+        "\n".join(line for _, _, line in done),
+    )
     if missing:
         error = CliError(f"{why}: {', '.join(missing)}", "not-found")
         if json_enabled():
@@ -381,12 +384,10 @@ def dead_discard(
             ),
         )
     )
-    missing = sorted(set(kenmerken) - {d.kenmerk for d in done})
     _report_dead(
         "discarded",
-        [{"kenmerk": d.kenmerk, "stage": d.stage} for d in done],
-        [f"discarded {d.kenmerk} ({d.stage})" for d in done],
-        missing,
+        kenmerken,
+        [(d.kenmerk, d.stage, f"discarded {d.kenmerk} ({d.stage})") for d in done],
         "not found",
     )
 
