@@ -143,6 +143,17 @@ class LimitsConfig(BaseModel):
     max_xml_depth: int = 256
 
 
+class ValidationConfig(BaseModel):
+    """Validation profiles (docs/validation.md): where official artefacts are installed and
+    the worker processes that run the Schematron rules."""
+
+    artefacts_dir: Path = Path("standards")
+    # worker processes for Schematron; 0 = one per core
+    workers: int = Field(default=0, ge=0, le=64)
+    # findings listed in statusdetails at most
+    max_findings: int = Field(default=50, ge=1, le=1000)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="DIGIPOORT_", env_nested_delimiter="__", extra="ignore"
@@ -163,6 +174,7 @@ class Settings(BaseSettings):
     grote_berichten: GroteBerichtenConfig = Field(default_factory=GroteBerichtenConfig)
     intake: IntakeConfig = Field(default_factory=IntakeConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     log_level: str = "info"
     config_dir: Path = Path(".")
