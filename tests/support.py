@@ -31,6 +31,8 @@ from digipoort.devenv import (  # noqa: F401 - re-exported for the tests
     DOUANE,
     HBAG,
     RIJKSDIENST_INKOOP,
+    find_standards,
+    link_sample_artefacts,
     render_config,
 )
 from digipoort.envelope import Aanlevering, Document, Identiteit
@@ -172,6 +174,8 @@ async def create_env(base: Path, pki: Path, template_db: str) -> Env:
     directory = base / name
     directory.mkdir(parents=True)
     (directory / "pki").symlink_to(pki)
+    if (standards := find_standards()) is not None:  # validation artefacts (issue 13)
+        link_sample_artefacts(directory / "standards", standards)
     admin = await asyncpg.connect(f"{PG_ADMIN}/postgres")
     try:
         await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')

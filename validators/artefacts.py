@@ -82,7 +82,7 @@ def check_name(kind: str, value: str) -> str:
 def locate(artefacts_dir: Path, name: str, version: str, relative: str) -> Path:
     """The file ``relative`` of installed artefact ``name``/``version``; refuses paths
     leading out of the release."""
-    root = (artefacts_dir / check_name("artefact", name) / check_name("version", version))
+    root = artefacts_dir / check_name("artefact", name) / check_name("version", version)
     if not root.is_dir():
         raise ArtefactError(
             f"artefact {name} {version} is not installed in {artefacts_dir}"

@@ -23,6 +23,7 @@ __all__ = [
     "MAX_TEXT",
     "REFUSING",
     "Finding",
+    "compact_location",
     "findings_from_violations",
     "format_findings",
     "refuses",
@@ -36,6 +37,12 @@ MAX_TEXT: Final = 400
 #: Severities that refuse a document; anything else (``warning``, ``info``) does not.
 REFUSING: Final = frozenset({"fatal", "error"})
 
+_STEP: Final = re.compile(r"\*:([A-Za-z_][\w.-]*)\[namespace-uri\(\)='([^']*)'\]")
+_PREFIXES: Final = {
+    "urn:oasis:names:specification:ubl:schema:xsd:CommonAggregateComponents-2": "cac:",
+    "urn:oasis:names:specification:ubl:schema:xsd:CommonBasicComponents-2": "cbc:",
+    "urn:oasis:names:specification:ubl:schema:xsd:CommonExtensionComponents-2": "ext:",
+}
 _RULE_PREFIX: Final = re.compile(r"^\s*\[([A-Za-z0-9][A-Za-z0-9_.:-]{0,63})\]\s*-?\s*")
 
 
@@ -67,6 +74,12 @@ class Finding:
 def _clip(text: str) -> str:
     flat = " ".join(text.split())
     return flat if len(flat) <= MAX_TEXT else flat[: MAX_TEXT - 1] + "…"
+
+
+def compact_location(xpath: str) -> str:
+    """Schematron's full path, readable: ``/*:Invoice[namespace-uri()='…Invoice-2'][1]
+    /*:Note[namespace-uri()='…CommonBasicComponents-2'][1]`` → ``/Invoice[1]/cbc:Note[1]``."""
+    return _STEP.sub(lambda m: _PREFIXES.get(m.group(2), "") + m.group(1), xpath)
 
 
 def rule_id_of(text: str, explicit: str | None) -> tuple[str, str]:

@@ -117,9 +117,7 @@ def check_document(
     try:
         tree = xmlsafe.parse(data, limits)
     except XmlRejected as exc:
-        return [
-            Finding(exc.code, "fatal", exc.message, f"regel {exc.line}" if exc.line else None)
-        ]
+        return [Finding(exc.code, "fatal", exc.message, f"regel {exc.line}" if exc.line else None)]
     xsd = spec.xsd
     if xsd is not None:
         root_ns = etree.QName(tree.getroot()).namespace

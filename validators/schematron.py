@@ -36,7 +36,7 @@ from lxml import etree
 
 from digipoort import xmlsafe
 from digipoort.xmlsafe import XmlLimits
-from validators.findings import Finding, rule_id_of
+from validators.findings import Finding, compact_location, rule_id_of
 
 __all__ = [
     "ALLOWED_PROTOCOLS",
@@ -154,7 +154,10 @@ def parse_svrl(report: str | bytes, step: str | None = None) -> list[Finding]:
         text = "".join(el.findtext(f"{{{SVRL}}}text") or "").strip()
         rule, rest = rule_id_of(text, el.get("id"))
         flag = (el.get("flag") or ("error" if _is_assert(el) else "info")).lower()
-        findings.append(Finding(rule, flag, rest, el.get("location"), step))
+        location = el.get("location")
+        findings.append(
+            Finding(rule, flag, rest, compact_location(location) if location else None, step)
+        )
     return findings
 
 
