@@ -23,11 +23,13 @@ __all__ = [
     "MAX_TEXT",
     "REFUSING",
     "Finding",
+    "Verdict",
     "compact_location",
     "findings_from_violations",
     "format_findings",
     "refuses",
     "rule_id_of",
+    "verdict",
 ]
 
 #: Findings listed in statusdetails at most (the rest are counted).
@@ -110,6 +112,33 @@ def findings_from_violations(violations: Sequence[Violation], step: str | None) 
         )
         for v in violations
     ]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The status the gateway records for a profile's findings: 311 ``VAS500`` when any
+    finding refuses, else 301 (with the warnings, if any, as details)."""
+
+    code: str
+    foutcode: str | None
+    foutbeschrijving: str | None
+    details: str | None
+
+    @property
+    def accepted(self) -> bool:
+        return self.code == "301"
+
+
+def verdict(
+    findings: Sequence[Finding], *, profile: str | None, max_findings: int = MAX_FINDINGS
+) -> Verdict:
+    if refuses(findings):
+        details = format_findings(findings, profile=profile, max_findings=max_findings)
+        return Verdict("311", "VAS500", "Validatie niet gelukt", details)
+    if findings:
+        details = format_findings(findings, profile=profile, max_findings=max_findings)
+        return Verdict("301", None, None, details)
+    return Verdict("301", None, None, None)
 
 
 def format_findings(

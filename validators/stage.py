@@ -43,7 +43,7 @@ from digipoort.status import Status
 from digipoort.statusstore import write_statuses
 from digipoort.xmlsafe import XmlLimits
 from validators.content import Violation, check_mime, check_size
-from validators.findings import Finding, findings_from_violations, format_findings
+from validators.findings import Finding, findings_from_violations, verdict
 from validators.profileset import ProfileSet
 from validators.schemas import SchemaRegistry, validate_document
 
@@ -228,36 +228,22 @@ class ValidationStage:
                 ],
                 REFUSED,
             )
-        refusing = [f for f in findings if f.refusing]
-        if refusing:
-            log_.info(
-                "validatie niet gelukt",
-                findings=len(findings),
-                rules=sorted({f.rule for f in refusing})[:20],
-                profiel=label,
-            )
-            details = format_findings(findings, profile=label, max_findings=self._max_findings)
-            return Outcome(
-                [
-                    accepted,
-                    Status(
-                        k,
-                        "311",
-                        foutcode="VAS500",
-                        foutbeschrijving="Validatie niet gelukt",
-                        details=details,
-                    ),
-                ],
-                REFUSED,
-                label,
-            )
-        warnings = (
-            format_findings(findings, profile=label, max_findings=self._max_findings)
-            if findings
-            else None
+        judged = verdict(findings, profile=label, max_findings=self._max_findings)
+        status = Status(
+            k,
+            judged.code,
+            foutcode=judged.foutcode,
+            foutbeschrijving=judged.foutbeschrijving,
+            details=judged.details,
         )
+        if not judged.accepted:
+            refusing = sorted({f.rule for f in findings if f.refusing})
+            log_.info(
+                "validatie niet gelukt", findings=len(findings), rules=refusing[:20], profiel=label
+            )
+            return Outcome([accepted, status], REFUSED, label)
         log_.debug("validatie gelukt", warnings=len(findings), profiel=label)
-        return Outcome([accepted, Status(k, "301", details=warnings)], VALIDATED, label)
+        return Outcome([accepted, status], VALIDATED, label)
 
     async def _profile_findings(
         self, record: EnvelopeRecord, soort: Berichtsoort, label: str
