@@ -252,19 +252,22 @@ def test_cen_conformance_all(profiles: Profiles) -> None:
 
 
 SVRL_NS = 'xmlns:svrl="http://purl.oclc.org/dsdl/svrl"'
+UBL_INVOICE = "urn:oasis:names:specification:ubl:schema:xsd:Invoice-2"
+INVOICE_PATH = f"/*:Invoice[namespace-uri()='{UBL_INVOICE}'][1]"
 
 
 def test_parse_svrl_ids_flags_and_locations() -> None:
     report = f"""<svrl:schematron-output {SVRL_NS}>
       <svrl:fired-rule context="/"/>
-      <svrl:failed-assert id="BR-01" flag="fatal" location="/*:Invoice[namespace-uri()='urn:oasis:names:specification:ubl:schema:xsd:Invoice-2'][1]">
+      <svrl:failed-assert id="BR-01" flag="fatal" location="{INVOICE_PATH}">
         <svrl:text>[BR-01]-An Invoice shall have a Specification identifier (BT-24).</svrl:text>
       </svrl:failed-assert>
       <svrl:failed-assert flag="warning" location="/x">
         <svrl:text>[BR-NL-19] The use of a tax currency code is not recommended</svrl:text>
       </svrl:failed-assert>
       <svrl:failed-assert location="/y"><svrl:text>no id at all</svrl:text></svrl:failed-assert>
-      <svrl:successful-report flag="error" location="/z"><svrl:text>[R-9] reported</svrl:text></svrl:successful-report>
+      <svrl:successful-report flag="error" location="/z">
+        <svrl:text>[R-9] reported</svrl:text></svrl:successful-report>
     </svrl:schematron-output>"""
     findings = parse_svrl(report, "step 1")
     assert [(f.rule, f.severity, f.location) for f in findings] == [
@@ -372,13 +375,14 @@ def test_documents_pointing_at_a_canary_cause_no_request(
     data = (
         data.replace(
             b'<?xml version="1.0" encoding="UTF-8"?>\n',
-            f'<?xml version="1.0" encoding="UTF-8"?>\n<?xml-stylesheet href="{url}/pi"?>\n'.encode(),
+            b'<?xml version="1.0" encoding="UTF-8"?>\n'
+            + f'<?xml-stylesheet href="{url}/pi"?>\n'.encode(),
         )
         .replace(
             b"<Invoice ",
             b'<Invoice xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"'
             b' xmlns:xi="http://www.w3.org/2001/XInclude"'
-            + f' xsi:schemaLocation="urn:oasis:names:specification:ubl:schema:xsd:Invoice-2 {url}/xsd" '.encode(),
+            + f' xsi:schemaLocation="{UBL_INVOICE} {url}/xsd" '.encode(),
         )
         .replace(b"<cbc:Note>", f'<xi:include href="{url}/xinclude"/><cbc:Note>'.encode(), 1)
     )
