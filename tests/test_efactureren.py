@@ -1,8 +1,9 @@
 """E-factureren on the official standards: UBL 2.1 XSD, EN 16931 and SI-UBL 2.0 Schematron
 (saxonche), SVRL findings, CEN's examples and conformance tests, and no external access.
 
-The stylesheets are compiled once per test session (``checker`` fixture, ~3 s each). The
-full CEN conformance sweep is ``slow``; the default suite runs every 8th test of it.
+The stylesheets are compiled once per test session (``profiles`` fixture, ~3 s each). The
+full CEN conformance sweep (1131 tests, 1133 asserts) takes about 20 s here, so it is part
+of the default suite.
 """
 
 from __future__ import annotations
@@ -226,26 +227,15 @@ def disagreements(engine: SchematronEngine, xslt: Path, test: CenTest) -> list[s
 CEN_TESTS = cen_tests()
 
 
-def test_cen_conformance_sample(profiles: Profiles) -> None:
-    """Every 8th of CEN's rule tests (the full sweep is ``slow``): 100 % agreement."""
-    sample = CEN_TESTS[::8]
-    assert len(sample) > 100
+def test_cen_conformance(profiles: Profiles) -> None:
+    """All of CEN's rule tests for Invoice and CreditNote (about 20 s here): every assert
+    agrees (docs/validation.md gives the figure)."""
+    sample = CEN_TESTS
+    assert len(sample) > 1000
     wrong = [
         w for t in sample for w in disagreements(profiles.checker.engine, profiles.en16931_xslt, t)
     ]
     assert wrong == []
-
-
-@pytest.mark.slow
-def test_cen_conformance_all(profiles: Profiles) -> None:
-    asserts = sum(len(t.expect) for t in CEN_TESTS)
-    wrong = [
-        w
-        for t in CEN_TESTS
-        for w in disagreements(profiles.checker.engine, profiles.en16931_xslt, t)
-    ]
-    print(f"CEN conformance: {asserts - len(wrong)}/{asserts} asserts agree")
-    assert wrong == [], "\n".join(wrong)
 
 
 # --------------------------------------------------------------------------- SVRL, findings
