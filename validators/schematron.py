@@ -21,6 +21,14 @@ are read by Python and compiled from text, documents are handed over as text wit
 base URI, so nothing needs resolving. A stylesheet that imports other modules therefore
 does not compile (the official releases are single files).
 
+**Lean SVRL.** Compiled Schematron writes an ``svrl:fired-rule`` element for every node each
+rule fires on: for a 21 KB invoice 90 % of the report, and about 40 % of the time spent
+applying the rules (building and serialising it, then parsing it again). The gateway only
+reads failed asserts and successful reports, so :func:`lean_stylesheet` removes the
+``svrl:fired-rule`` instructions from the stylesheet (parsed with the hardened parser, a
+structural edit, not text substitution) before compiling. Asserts, reports, their flags,
+texts and locations are untouched; CEN's conformance tests run against the lean form.
+
 The document has already passed :func:`digipoort.xmlsafe.parse` (no DTD, bounded) when it
 gets here, so Saxon's own parser never sees an entity declaration.
 """
@@ -43,6 +51,7 @@ __all__ = [
     "SVRL_LIMITS",
     "SchematronEngine",
     "SchematronError",
+    "lean_stylesheet",
     "parse_svrl",
     "processor",
 ]
@@ -54,6 +63,7 @@ SVRL: Final = "http://purl.oclc.org/dsdl/svrl"
 SVRL_LIMITS: Final = XmlLimits(max_bytes=512 * 1024 * 1024, max_elements=20_000_000)
 #: Stylesheets up to this size are compiled.
 MAX_STYLESHEET_BYTES: Final = 64 * 1024 * 1024
+STYLESHEET_LIMITS: Final = XmlLimits(max_bytes=MAX_STYLESHEET_BYTES, max_elements=5_000_000)
 
 _lock = threading.Lock()
 _processor: Any = None
@@ -106,9 +116,11 @@ class SchematronEngine:
         if key.size > MAX_STYLESHEET_BYTES:
             raise SchematronError(f"stylesheet {path}: larger than {MAX_STYLESHEET_BYTES} bytes")
         try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
+            text = lean_stylesheet(path.read_bytes())
+        except OSError as exc:
             raise SchematronError(f"stylesheet {path}: cannot read: {exc}") from None
+        except xmlsafe.XmlRejected as exc:
+            raise SchematronError(f"stylesheet {path} refused: {exc}") from None
         proc = processor()
         try:
             executable = proc.new_xslt30_processor().compile_stylesheet(stylesheet_text=text)
@@ -135,6 +147,26 @@ class SchematronEngine:
 
     def validate(self, path: Path, text: str, step: str | None = None) -> list[Finding]:
         return parse_svrl(self.svrl(path, text), step)
+
+
+def lean_stylesheet(data: bytes) -> str:
+    """The stylesheet without its ``svrl:fired-rule`` instructions (see above)."""
+    tree = xmlsafe.parse(data, STYLESHEET_LIMITS)
+    for el in list(tree.iter(f"{{{SVRL}}}fired-rule")):
+        parent = el.getparent()
+        if parent is not None:
+            _remove_keeping_tail(el, parent)
+    return str(etree.tostring(tree, encoding="unicode"))
+
+
+def _remove_keeping_tail(el: etree._Element, parent: etree._Element) -> None:
+    if el.tail and el.tail.strip():
+        previous = el.getprevious()
+        if previous is not None:
+            previous.tail = (previous.tail or "") + el.tail
+        else:
+            parent.text = (parent.text or "") + el.tail
+    parent.remove(el)
 
 
 def _first_line(exc: BaseException) -> str:
