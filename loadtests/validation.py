@@ -111,6 +111,18 @@ def breakdown(checker: Checker, spec: ProfileSpec, data: bytes, rounds: int) -> 
     return {k: round(statistics.median(v), 2) for k, v in parts.items()}
 
 
+async def idle_stall(seconds: float) -> float:
+    """The longest event-loop stall with nothing to do (the machine's own scheduling
+    noise, measured the same way): the baseline for the pool's figure."""
+    worst = 0.0
+    stop = time.perf_counter() + seconds
+    while time.perf_counter() < stop:
+        t = time.perf_counter()
+        await asyncio.sleep(0.001)
+        worst = max(worst, time.perf_counter() - t - 0.001)
+    return round(worst * 1000, 2)
+
+
 async def pool_run(
     pool: ValidationPool, spec: ProfileSpec, data: bytes, seconds: float
 ) -> dict[str, float]:
@@ -210,6 +222,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         _, schema = checker.schema(xsd, xsd.paths[0])
         pool = ValidationPool(args.workers)
         result: dict[str, Any] = {
+            "idle_event_loop_stall_ms": await idle_stall(min(args.seconds, 5.0)),
             "cores": os.cpu_count(),
             "loadavg_start": os.getloadavg()[0],
             "workers": pool.workers,
@@ -259,7 +272,8 @@ def main() -> None:
         return
     print(
         f"cores {result['cores']}, workers {result['workers']}, load {result['loadavg_start']:.1f}"
-        f"→{result['loadavg_end']:.1f}, profile compiled in {result['compile_profile_s']} s"
+        f"→{result['loadavg_end']:.1f}, profile compiled in {result['compile_profile_s']} s,"
+        f" idle event-loop stall {result['idle_event_loop_stall_ms']} ms"
     )
     for name, e in result["documents"].items():
         lxml_, one = e["bare_lxml_xsd_per_s"], e["profile_one_core_per_s"]
