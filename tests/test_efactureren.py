@@ -432,3 +432,42 @@ def test_validate_command_prints_what_the_gateway_records(profiles: Profiles) ->
         main, ["validate", "--berichtsoort", "Nope", "--config", str(config), str(config)]
     )
     assert unknown.exit_code != 0 and "Nope" in unknown.output
+
+
+# --------------------------------------------------------------------------- workers
+
+ORPHAN_SCRIPT = """
+import asyncio, os
+from validators.pool import ValidationPool
+
+async def main():
+    pool = ValidationPool(2)
+    loop = asyncio.get_running_loop()
+    executor = pool._pool()
+    pids = await asyncio.gather(*(loop.run_in_executor(executor, os.getpid) for _ in range(8)))
+    print(" ".join(map(str, sorted(set(pids)))), flush=True)
+    os.kill(os.getpid(), 9)
+
+if __name__ == "__main__":
+    asyncio.run(main())
+"""
+
+
+def test_workers_end_when_their_gateway_process_is_killed(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "orphan.py"
+    script.write_text(ORPHAN_SCRIPT)
+    repo = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=repo
+    )
+    assert done.returncode == -9, done.stderr
+    pids = [int(p) for p in done.stdout.split()]
+    assert pids
+    deadline = time.monotonic() + 30
+    while any(Path(f"/proc/{p}").exists() for p in pids):
+        assert time.monotonic() < deadline, f"workers {pids} outlived their parent"
+        time.sleep(0.1)

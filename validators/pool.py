@@ -7,6 +7,7 @@ default. Each worker keeps its own :class:`~validators.profiles.Checker` (compil
 stylesheets, compiled on first use and kept for the life of the worker). The event loop
 only pickles the document to a worker and the findings back.
 
+A worker whose gateway process disappears (SIGKILL) ends itself within a second.
 One pool serves every gateway in a process (:func:`shared_pool`); a broken pool (a worker
 died) is replaced on the next call, and the call that saw it fails (the stage records a
 technical problem, 321).
@@ -18,6 +19,7 @@ import asyncio
 import multiprocessing
 import os
 import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
@@ -28,6 +30,21 @@ from validators.profiles import Checker, ProfileSpec
 __all__ = ["ValidationPool", "shared_pool"]
 
 _checker: Checker | None = None
+#: how often a worker checks that the gateway process that started it is still alive
+PARENT_POLL_SECONDS = 1.0
+
+
+def _init_worker(parent: int) -> None:
+    """A worker ends itself when its gateway process is gone (killed with SIGKILL, say):
+    no orphaned Saxon processes holding memory."""
+
+    def watch() -> None:
+        while True:
+            time.sleep(PARENT_POLL_SECONDS)
+            if os.getppid() != parent:
+                os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def _local_checker() -> Checker:
@@ -56,7 +73,10 @@ class ValidationPool:
         with self._lock:
             if self._executor is None:
                 self._executor = ProcessPoolExecutor(
-                    max_workers=self.workers, mp_context=multiprocessing.get_context("spawn")
+                    max_workers=self.workers,
+                    mp_context=multiprocessing.get_context("spawn"),
+                    initializer=_init_worker,
+                    initargs=(os.getpid(),),
                 )
             return self._executor
 
