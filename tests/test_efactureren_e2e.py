@@ -134,6 +134,26 @@ async def test_e_invoices_over_wus_smtp_and_ftp(env: Env) -> None:
     assert await env.queue_depth(f"digipoort.aflever.{RIJKSDIENST_INKOOP}") == 3
 
 
+async def test_warnings_on_301_and_hostile_documents_via_the_stage(env: Env) -> None:
+    gw = await env.start_gateway(components=("intake", "validator", "router"))
+    assert gw.intake is not None
+    warned = VALID.replace(
+        b"<cbc:DocumentCurrencyCode>EUR</cbc:DocumentCurrencyCode>",
+        b"<cbc:DocumentCurrencyCode>EUR</cbc:DocumentCurrencyCode>\n"
+        b"  <cbc:TaxCurrencyCode>EUR</cbc:TaxCurrencyCode>",
+    )
+    ok = await gw.intake.aanleveren(aanlevering("DigiInkoop-Factuur", content=warned))
+    hostile = await gw.intake.aanleveren(
+        aanlevering("DigiInkoop-Factuur", sample="billion-laughs.xml")
+    )
+    history = await env.wait_status(ok.kenmerk, "400", recipient=RIJKSDIENST_INKOOP)
+    (accepted,) = [s for s in history if s.code == "301"]
+    assert accepted.details and "BR-NL-19 [warning]" in accepted.details
+    assert accepted.details.endswith(f"validatieprofiel: {PROFILE}")
+    refused = (await env.wait_status(hostile.kenmerk, "311"))[-1]
+    assert refused.details and refused.details.startswith("dtd_forbidden [fatal]")
+
+
 async def test_missing_artefacts_mean_the_berichtsoort_is_not_started(
     env: Env, tmp_path: Path
 ) -> None:

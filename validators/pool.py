@@ -87,12 +87,14 @@ class ValidationPool:
         executor.shutdown(wait=False, cancel_futures=True)
 
     async def prepare(self, spec: ProfileSpec) -> None:
-        """Compile the profile in the workers (each worker that takes a call)."""
+        """Compile the profile in one worker: proves every file compiles. The other
+        workers compile it on first use (a worker keeps what it compiled), so a cold start
+        with several profiles spreads the compiling over the workers instead of queueing
+        every profile in front of the first documents."""
         loop = asyncio.get_running_loop()
         executor = self._pool()
-        calls = [loop.run_in_executor(executor, _prepare, spec) for _ in range(self.workers)]
         try:
-            await asyncio.gather(*calls)
+            await loop.run_in_executor(executor, _prepare, spec)
         except BrokenProcessPool:
             self._broken(executor)
             raise
