@@ -74,6 +74,17 @@ class Outcome:
         return self.stage == VALIDATED
 
 
+def technical_problem(accepted: Status) -> Outcome:
+    """200, then 321 VAS400: the gateway could not judge the document (not its fault)."""
+    failed = Status(
+        accepted.kenmerk,
+        "321",
+        foutcode="VAS400",
+        foutbeschrijving="Technisch probleem bij validatie",
+    )
+    return Outcome([accepted, failed], REFUSED)
+
+
 def format_violations(violations: Sequence[Violation]) -> str:
     lines = []
     for v in violations:
@@ -174,18 +185,7 @@ class ValidationStage:
             )
         except Exception as exc:
             log_.error("technisch probleem bij validatie", error=repr(exc))
-            return Outcome(
-                [
-                    accepted,
-                    Status(
-                        k,
-                        "321",
-                        foutcode="VAS400",
-                        foutbeschrijving="Technisch probleem bij validatie",
-                    ),
-                ],
-                REFUSED,
-            )
+            return technical_problem(accepted)
         if violations:
             details = format_violations(violations)
             log_.info("validatie niet gelukt", violations=len(violations))
@@ -216,18 +216,7 @@ class ValidationStage:
             findings, label = await self._profile_findings(record, soort, label)
         except Exception as exc:
             log_.error("technisch probleem bij validatie", error=str(exc) or repr(exc))
-            return Outcome(
-                [
-                    accepted,
-                    Status(
-                        k,
-                        "321",
-                        foutcode="VAS400",
-                        foutbeschrijving="Technisch probleem bij validatie",
-                    ),
-                ],
-                REFUSED,
-            )
+            return technical_problem(accepted)
         judged = verdict(findings, profile=label, max_findings=self._max_findings)
         status = Status(
             k,
@@ -249,9 +238,7 @@ class ValidationStage:
         self, record: EnvelopeRecord, soort: Berichtsoort, label: str
     ) -> tuple[list[Finding], str]:
         assert self._profiles is not None
-        limits = [
-            v for v in self._limit_violations(record.documents, soort.max_size, soort.mime_types)
-        ]
+        limits = self._limit_violations(record.documents, soort.max_size, soort.mime_types)
         if limits:
             return findings_from_violations(limits, None), label
         inhoud = next(d for d in record.documents if d.seq == 0)
