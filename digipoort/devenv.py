@@ -168,7 +168,7 @@ paths = ["xsd/maindoc/UBL-Order-2.1.xsd"]
 name = "e-Factuur-EN16931"
 koppelvlakken = ["wus", "smtp", "ftp"]
 recipients = ["{ri}"]
-senders = ["{alfa}", "{beta}"]
+senders = ["{alfa}"]
 max_size = 20971520
 smtp_address = "e-factuur-en16931"
 

@@ -22,8 +22,6 @@ from validators.artefacts import ArtefactError
 from validators.pool import ValidationPool
 from validators.profiles import ProfileSpec, resolve
 
-log = structlog.get_logger(__name__)
-
 __all__ = ["ProfileSet", "ProfileUnavailable"]
 
 
@@ -74,11 +72,14 @@ class ProfileSet:
         except Exception as exc:
             self._refuse(name, ready, str(exc) or repr(exc))
             return
-        log.info("validatieprofiel gestart", berichtsoort=name, profiel=spec.label)
+        structlog.get_logger(__name__).info(
+            "validatieprofiel gestart", berichtsoort=name, profiel=spec.label
+        )
         if not ready.done():
             ready.set_result(spec)
 
     def _refuse(self, name: str, ready: asyncio.Future[ProfileSpec], reason: str) -> None:
+        log = structlog.get_logger(__name__)  # (not cached: tests capture it)
         log.error(
             "berichtsoort niet gestart: validatieprofiel onbruikbaar",
             berichtsoort=name,
