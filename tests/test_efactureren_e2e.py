@@ -1,4 +1,3 @@
-
 """E-invoices end to end over WUS, SMTP and FTP with the real SI-UBL 2.0 rules: a valid
 invoice reaches Rijksdienst Inkoop (301, 400); one that breaks the rules gets 311 VAS500
 with its rule ids in every status channel (WUS statusinformatieservice, SMTP return mail,
