@@ -5,6 +5,10 @@ disk with ``Range`` (guarded by ``If-Range`` with the ETag, so a changed resourc
 fetched anew). When the size is reached the file's SHA-256 is computed (streaming) and
 compared with the reference: a mismatch removes the part (CHECKSUM_ERROR), a wrong length
 likewise (INCORRECT_FILE_SIZE). Memory stays flat whatever the size.
+
+With a ``peer_check`` (:class:`digipoort.pki.wiring.PeerCheck`) the server's certificate
+is checked for revocation (the process's revocation service: CRLs and OCSP) before any
+byte is written; a rejected server fails the fetch (FetchFailed, retried later).
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from pathlib import Path
 import aiohttp
 import structlog
 
+from digipoort.pki import CertificateRejected
+from digipoort.pki.wiring import PeerCheck
 from routing.grote_berichten import Reference
 
 log = structlog.get_logger(__name__)
@@ -51,8 +57,10 @@ class ReferenceFetcher:
         attempts: int = 5,
         timeout: float = 300.0,
         retry_delay: float = 2.0,
+        peer_check: PeerCheck | None = None,
     ) -> None:
         self._ssl = ssl_context
+        self._peer_check = peer_check
         self._attempts = attempts
         self._timeout = aiohttp.ClientTimeout(total=None, sock_read=timeout, connect=30)
         self.retry_delay = retry_delay
@@ -85,6 +93,7 @@ class ReferenceFetcher:
     ) -> None:
         headers = {"If-Range": f'"{ref.sha256}"', "Range": f"bytes={have}-"} if have else {}
         async with session.get(ref.url, headers=headers) as resp:
+            await self._check_peer(resp)
             if resp.status == 410:
                 raise FetchFailed("reference expired")
             if resp.status == 200:
@@ -101,6 +110,14 @@ class ReferenceFetcher:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+
+    async def _check_peer(self, resp: aiohttp.ClientResponse) -> None:
+        if self._peer_check is None:
+            return
+        try:
+            await self._peer_check.check_response(resp)
+        except CertificateRejected as exc:
+            raise FetchFailed(f"server certificate refused: {exc.reason}") from None
 
     @staticmethod
     def _verify(ref: Reference, part: Path) -> Path:

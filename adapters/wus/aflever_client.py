@@ -4,7 +4,9 @@ SOAP 1.1 + WS-Addressing (To = the recipient's URL, a fresh MessageID, Action
 ``…/afleverservice/1.2/AfleverService/afleverenRequest``), WS-Security signed with the
 gateway certificate (``pki.cert_file``/``key_file``), over mutual TLS (the same
 certificate as client certificate; the recipient's server certificate verified against
-``pki.ca_file`` and its host name). Success is only a valid afleverResponse: HTTP 200,
+``pki.ca_file`` and its host name, and checked for revocation — in the handshake
+against the revocation service's CRLs, and after it by :class:`~digipoort.pki.wiring.PeerCheck`,
+which also sees OCSP). Success is only a valid afleverResponse: HTTP 200,
 signature valid, RelatesTo = our MessageID, the signing certificate trusted (chain, CRL)
 and carrying **that recipient's OIN**, and the response's kenmerk = ours. Everything else
 raises :class:`routing.deliverer.DeliveryFailed` with a short reason (retried, 420).
@@ -13,6 +15,7 @@ raises :class:`routing.deliverer.DeliveryFailed` with a short reason (retried, 4
 from __future__ import annotations
 
 import asyncio
+import ssl
 from pathlib import Path
 from typing import Final
 from uuid import UUID
@@ -35,6 +38,7 @@ from adapters.wus.soap import (
 from adapters.wus.wssecurity import WSSecurityError, sign_envelope, verify_envelope
 from digipoort.config import redact_url
 from digipoort.pki import CertificateRejected, CertificateVerifier, client_ssl_context
+from digipoort.pki.wiring import PeerCheck
 from digipoort.registry import Participant
 from routing.deliverer import DeliveryFailed
 
@@ -63,8 +67,11 @@ class AfleverClient:
         verifier: CertificateVerifier,
         *,
         timeout: float = 30.0,
+        ssl_context: ssl.SSLContext | None = None,
+        peer_check: PeerCheck | None = None,
     ) -> None:
-        self._ssl = client_ssl_context(cert_file, key_file, ca_file)
+        self._ssl = ssl_context or client_ssl_context(cert_file, key_file, ca_file)
+        self._peer_check = peer_check
         self._certificate = x509.load_pem_x509_certificates(cert_file.read_bytes())[0]
         key = load_pem_private_key(key_file.read_bytes(), password=None)
         if not isinstance(key, rsa.RSAPrivateKey):
@@ -106,6 +113,7 @@ class AfleverClient:
         headers = {"Content-Type": "text/xml; charset=utf-8", "SOAPAction": f'"{AFLEVER_ACTION}"'}
         try:
             async with self._http().post(url, data=request, headers=headers) as response:
+                await self._check_peer(response)
                 if (response.content_length or 0) > MAX_RESPONSE:
                     raise DeliveryFailed(f"antwoord te groot (HTTP {response.status})")
                 answer = await response.content.read(MAX_RESPONSE + 1)
@@ -119,6 +127,15 @@ class AfleverClient:
         if len(answer) > MAX_RESPONSE:
             raise DeliveryFailed("antwoord te groot")
         self.check_response(status, answer, message_id, recipient_oin, kenmerk)
+
+    async def _check_peer(self, response: aiohttp.ClientResponse) -> None:
+        if self._peer_check is None:
+            return
+        try:
+            await self._peer_check.check_response(response)
+        except CertificateRejected as exc:
+            reason = f"servercertificaat van de ontvanger afgewezen ({exc.reason})"
+            raise DeliveryFailed(reason) from None
 
     def check_response(
         self, status: int, answer: bytes, message_id: str, recipient_oin: str, kenmerk: UUID
