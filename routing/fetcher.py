@@ -7,8 +7,8 @@ compared with the reference: a mismatch removes the part (CHECKSUM_ERROR), a wro
 likewise (INCORRECT_FILE_SIZE). Memory stays flat whatever the size.
 
 With a ``peer_check`` (:class:`digipoort.pki.wiring.PeerCheck`) the server's certificate
-is checked for revocation (the process's revocation service: CRLs and OCSP) before any
-byte is written; a rejected server fails the fetch (FetchFailed, retried later).
+is checked for revocation (the process's revocation service: CRLs and OCSP) on every new
+connection, before the request; a refused server fails the fetch (FetchFailed).
 """
 
 from __future__ import annotations
@@ -22,8 +22,7 @@ from pathlib import Path
 import aiohttp
 import structlog
 
-from digipoort.pki import CertificateRejected
-from digipoort.pki.wiring import PeerCheck
+from digipoort.pki.wiring import PeerCheck, PeerRejected
 from routing.grote_berichten import Reference
 
 log = structlog.get_logger(__name__)
@@ -67,7 +66,11 @@ class ReferenceFetcher:
 
     async def fetch(self, ref: Reference, part: Path) -> Path:
         await asyncio.to_thread(part.parent.mkdir, parents=True, exist_ok=True)
-        connector = aiohttp.TCPConnector(ssl=self._ssl)
+        connector = (
+            self._peer_check.connector(self._ssl)
+            if self._peer_check is not None
+            else aiohttp.TCPConnector(ssl=self._ssl)
+        )
         async with aiohttp.ClientSession(connector=connector, timeout=self._timeout) as session:
             for attempt in range(1, self._attempts + 1):
                 have = _have(part)
@@ -75,6 +78,8 @@ class ReferenceFetcher:
                     break
                 try:
                     await self._download(session, ref, part, have)
+                except PeerRejected as exc:
+                    raise FetchFailed(f"server certificate refused: {exc.reason}") from None
                 except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
                     log.warning(
                         "download interrupted; resuming",
@@ -93,7 +98,6 @@ class ReferenceFetcher:
     ) -> None:
         headers = {"If-Range": f'"{ref.sha256}"', "Range": f"bytes={have}-"} if have else {}
         async with session.get(ref.url, headers=headers) as resp:
-            await self._check_peer(resp)
             if resp.status == 410:
                 raise FetchFailed("reference expired")
             if resp.status == 200:
@@ -110,14 +114,6 @@ class ReferenceFetcher:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-
-    async def _check_peer(self, resp: aiohttp.ClientResponse) -> None:
-        if self._peer_check is None:
-            return
-        try:
-            await self._peer_check.check_response(resp)
-        except CertificateRejected as exc:
-            raise FetchFailed(f"server certificate refused: {exc.reason}") from None
 
     @staticmethod
     def _verify(ref: Reference, part: Path) -> Path:

@@ -47,7 +47,7 @@ async def start(gateway: Gateway) -> Callable[[], Awaitable[None]]:
     assert gateway.pool is not None and gateway.registry is not None and gateway.store
     revocation = revocation_service(s)
     await revocation.start()
-    verifier = participant_verifier(s)
+    verifier = participant_verifier(s, port="ftp")
     # Client certificate optional in the handshake so that a missing one gets a clear 530
     # reply; one that is sent must chain in the handshake, and the verifier checks it
     # (validity, revocation, OIN) before USER is accepted — a revoked one gets 530.

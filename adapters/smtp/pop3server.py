@@ -214,7 +214,7 @@ async def start(gateway: Gateway) -> Callable[[], Awaitable[None]]:
     assert gateway.pool is not None
     revocation = revocation_service(s)
     await revocation.start()
-    verifier, _ = verifiers(s)
+    verifier, _ = verifiers(s, "pop3")
     pop3 = Pop3Server(
         gateway.pool,
         verifier,

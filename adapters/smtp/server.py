@@ -308,10 +308,15 @@ class _Busy(asyncio.Protocol):
         transport.close()
 
 
-def verifiers(settings: Settings) -> tuple[CertificateVerifier, CertificateVerifier]:
+def verifiers(
+    settings: Settings, port: str = "smtp"
+) -> tuple[CertificateVerifier, CertificateVerifier]:
     """TLS client certificates and S/MIME signers; both ask the process's revocation
     service (refreshed in the background), so a revocation reaches SMTP and POP3."""
-    return participant_verifier(settings), participant_verifier(settings, required_eku=None)
+    return (
+        participant_verifier(settings, port=port),
+        participant_verifier(settings, required_eku=None, port=f"{port}_smime"),
+    )
 
 
 def tls_context(settings: Settings, port: str = "smtp") -> ssl.SSLContext:

@@ -38,7 +38,7 @@ from adapters.wus.soap import (
 from adapters.wus.wssecurity import WSSecurityError, sign_envelope, verify_envelope
 from digipoort.config import redact_url
 from digipoort.pki import CertificateRejected, CertificateVerifier, client_ssl_context
-from digipoort.pki.wiring import PeerCheck
+from digipoort.pki.wiring import PeerCheck, PeerRejected
 from digipoort.registry import Participant
 from routing.deliverer import DeliveryFailed
 
@@ -88,8 +88,13 @@ class AfleverClient:
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
+            connector = (
+                self._peer_check.connector(self._ssl, limit=32)
+                if self._peer_check is not None
+                else aiohttp.TCPConnector(ssl=self._ssl, limit=32)
+            )
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(ssl=self._ssl, limit=32),
+                connector=connector,
                 timeout=self._timeout,
             )
         return self._session
@@ -113,13 +118,15 @@ class AfleverClient:
         headers = {"Content-Type": "text/xml; charset=utf-8", "SOAPAction": f'"{AFLEVER_ACTION}"'}
         try:
             async with self._http().post(url, data=request, headers=headers) as response:
-                await self._check_peer(response)
                 if (response.content_length or 0) > MAX_RESPONSE:
                     raise DeliveryFailed(f"antwoord te groot (HTTP {response.status})")
                 answer = await response.content.read(MAX_RESPONSE + 1)
                 status = response.status
         except DeliveryFailed:
             raise
+        except PeerRejected as exc:
+            reason = f"servercertificaat van de ontvanger afgewezen ({exc.reason})"
+            raise DeliveryFailed(reason) from None
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise DeliveryFailed(
                 f"verbinding met {redact_url(url)} mislukt: {type(exc).__name__}"
@@ -127,15 +134,6 @@ class AfleverClient:
         if len(answer) > MAX_RESPONSE:
             raise DeliveryFailed("antwoord te groot")
         self.check_response(status, answer, message_id, recipient_oin, kenmerk)
-
-    async def _check_peer(self, response: aiohttp.ClientResponse) -> None:
-        if self._peer_check is None:
-            return
-        try:
-            await self._peer_check.check_response(response)
-        except CertificateRejected as exc:
-            reason = f"servercertificaat van de ontvanger afgewezen ({exc.reason})"
-            raise DeliveryFailed(reason) from None
 
     def check_response(
         self, status: int, answer: bytes, message_id: str, recipient_oin: str, kenmerk: UUID

@@ -49,7 +49,7 @@ def load_signing_identity(
 
 def participant_verifier(s: Settings) -> CertificateVerifier:
     """Verifies participants' certificates (chain, revocation, OIN) per ``settings.pki``."""
-    return _participant_verifier(s)
+    return _participant_verifier(s, port="wus")
 
 
 async def start(gateway: Gateway) -> Callable[[], Awaitable[None]]:

@@ -1,7 +1,8 @@
 """The dev PKI's revocation responder: CRLs over HTTP and an OCSP responder.
 
-``digipoort dev pki-server`` runs it (also the ``pkiserver`` component, or in-process in
-tests with :func:`start_responder`). It serves the files of a dev PKI directory
+``digipoort dev pki-server`` runs it; tests run it in-process with :func:`start_responder`
+(it is deliberately not a gateway component: every test gateway would then claim its
+fixed port). It serves the files of a dev PKI directory
 (:mod:`digipoort.pki.devpki`) as named in the certificates' CRL distribution points and
 AIA, reading them on every request, so ``digipoort dev revoke`` takes effect at once:
 
@@ -16,7 +17,6 @@ Development only: it answers "good" for any serial its CA's CRL does not list.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -29,7 +29,7 @@ from cryptography.x509 import ocsp
 
 from digipoort.pki.trust import load_crls
 
-__all__ = ["ocsp_response", "responder_app", "start", "start_responder"]
+__all__ = ["ocsp_response", "responder_app", "start_responder"]
 
 log = structlog.get_logger(__name__)
 
@@ -125,12 +125,3 @@ async def start_responder(
     await web.TCPSite(runner, host, port).start()
     log.info("pki.responder_listening", host=host, port=port, pki_dir=str(pki_dir))
     return runner
-
-
-async def start(gateway: object) -> Callable[[], Awaitable[None]]:
-    """The ``pkiserver`` component: the dev PKI next to ``pki.ca_file``."""
-    s = gateway.settings  # type: ignore[attr-defined]
-    runner = await start_responder(
-        s.resolve(s.pki.ca_file).parent, s.pki.responder_host, s.pki.responder_port
-    )
-    return runner.cleanup

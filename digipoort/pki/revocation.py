@@ -68,6 +68,9 @@ State: TypeAlias = Literal["good", "revoked", "unknown"]
 _NEXT_UPDATE_MARGIN = timedelta(seconds=30)
 #: After a failed fetch, try again after this long (doubling up to refresh_seconds).
 _RETRY_MIN = 1.0
+#: Bounds on what the service tracks (only certificates that chained to an anchor).
+MAX_URLS = 1000
+MAX_OCSP = 10000
 
 
 @dataclass(frozen=True)
@@ -200,6 +203,7 @@ class _OcspWanted:
     url: str
     inflight: asyncio.Future[None] | None = None
     next_fetch: float = 0.0
+    failures: int = 0
 
 
 # --------------------------------------------------------------------------- service
@@ -409,11 +413,15 @@ class RevocationService:
             return
         new = False
         for url in cdp_urls(cert):
-            if url not in self._urls:
+            if url not in self._urls and len(self._urls) < MAX_URLS:
                 self._urls[url] = _UrlState()
                 new = True
         urls = ocsp_urls(cert)
         if urls and key not in self._ocsp_wanted:
+            while len(self._ocsp_wanted) >= MAX_OCSP:  # forget the oldest
+                old = next(iter(self._ocsp_wanted))
+                del self._ocsp_wanted[old]
+                self._ocsp.pop(old, None)
             self._ocsp_wanted[key] = _OcspWanted(cert, issuer, urls[0])
             new = True
         if new and self._loop is not None and self._wake is not None:
@@ -494,12 +502,10 @@ class RevocationService:
 
     def _failed(self, state: _UrlState | _OcspWanted, kind: str, url: str, exc: Exception) -> None:
         FETCHES.labels(kind, "failed").inc()
-        failures = getattr(state, "failures", 0) + 1
-        if isinstance(state, _UrlState):
-            state.failures = failures
-        delay = min(self.refresh_seconds, _RETRY_MIN * 2 ** min(failures, 10))
+        state.failures += 1
+        delay = min(self.refresh_seconds, _RETRY_MIN * 2 ** min(state.failures, 10))
         state.next_fetch = time.monotonic() + delay
-        if failures <= 1 or isinstance(state, _OcspWanted):
+        if state.failures == 1:  # one line per failure streak, not per retry
             log.warning(f"pki.{kind}_fetch_failed", url=url, error=str(exc) or type(exc).__name__)
 
     async def _fetch_ocsp(self, wanted: _OcspWanted) -> None:
@@ -529,6 +535,7 @@ class RevocationService:
             self._failed(wanted, "ocsp", wanted.url, exc)
             return
         FETCHES.labels("ocsp", "ok").inc()
+        wanted.failures = 0
         key = (_sha256(wanted.issuer.public_bytes(serialization.Encoding.DER)),
                wanted.cert.serial_number)  # fmt: skip
         if self._ocsp.get(key) != answer:

@@ -69,6 +69,11 @@ RejectReason: TypeAlias = Literal[
     "crl_unavailable",
 ]
 
+CERTIFICATES_REJECTED = Counter(
+    "digipoort_certificate_rejected_total",
+    "Certificates refused by the application's verifier, per port and reason",
+    ["port", "reason"],
+)
 REVOCATION_SOFT_FAILS = Counter(
     "digipoort_revocation_soft_fail_total",
     "Certificates accepted although their revocation status was unknown (soft-fail)",
@@ -269,6 +274,7 @@ class CertificateVerifier:
     answer) rejects with "crl_unavailable" — for a leaf when ``require_crl``, for any
     certificate that names a CRL distribution point or OCSP responder — unless
     ``unknown_status="soft_fail"`` (then accepted, logged and counted).
+    ``port``: when given, every rejection counts in ``digipoort_certificate_rejected_total``.
     """
 
     def __init__(
@@ -284,6 +290,7 @@ class CertificateVerifier:
         cache_size: int = 4096,
         revocation: RevocationService | None = None,
         unknown_status: UnknownStatus = "fail_closed",
+        port: str | None = None,
     ) -> None:
         if not trust_anchors:
             raise ValueError("at least one trust anchor is required")
@@ -298,6 +305,7 @@ class CertificateVerifier:
         self._crl_index = _CrlIndex.build([*self._static_crls, *_flatten(self._file_crls.values())])
         self._require_crl = require_crl
         self._revocation = revocation
+        self._port = port  # label of digipoort_certificate_rejected_total
         self._soft_fail = unknown_status == "soft_fail"
         self._required_eku = required_eku
         self._cache_ttl = cache_ttl
@@ -318,6 +326,7 @@ class CertificateVerifier:
         cache_ttl: float = 60.0,
         revocation: RevocationService | None = None,
         unknown_status: UnknownStatus = "fail_closed",
+        port: str | None = None,
     ) -> CertificateVerifier:
         """Trust roots from ca_file (PEM, may hold several); CRLs and intermediates optional."""
         intermediates = _load_certs(intermediates_file) if intermediates_file else []
@@ -330,6 +339,7 @@ class CertificateVerifier:
             cache_ttl=cache_ttl,
             revocation=revocation,
             unknown_status=unknown_status,
+            port=port,
         )
 
     # ----------------------------------------------------------------- public
@@ -419,6 +429,19 @@ class CertificateVerifier:
     # ----------------------------------------------------------------- internals
 
     def _verify_cached(
+        self,
+        key: _CacheKey,
+        load: _Loader,
+        at: datetime | None,
+    ) -> VerifiedIdentity:
+        try:
+            return self._verify_uncounted(key, load, at)
+        except CertificateRejected as rejected:
+            if self._port is not None:
+                CERTIFICATES_REJECTED.labels(self._port, rejected.reason).inc()
+            raise
+
+    def _verify_uncounted(
         self,
         key: _CacheKey,
         load: _Loader,

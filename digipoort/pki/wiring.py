@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ssl
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from cryptography import x509
@@ -28,6 +29,7 @@ from digipoort.pki.trust import CertificateRejected, CertificateVerifier
 
 __all__ = [
     "PeerCheck",
+    "PeerRejected",
     "client_context",
     "participant_verifier",
     "revocation_service",
@@ -73,7 +75,10 @@ def revocation_service(s: Settings) -> RevocationService:
 
 
 def participant_verifier(
-    s: Settings, *, required_eku: x509.ObjectIdentifier | None = ExtendedKeyUsageOID.CLIENT_AUTH
+    s: Settings,
+    *,
+    required_eku: x509.ObjectIdentifier | None = ExtendedKeyUsageOID.CLIENT_AUTH,
+    port: str | None = None,
 ) -> CertificateVerifier:
     """Verifies participants' certificates (chain, revocation, OIN) per ``settings.pki``."""
     ca, _, inter = _paths(s)
@@ -85,6 +90,7 @@ def participant_verifier(
         required_eku=required_eku,
         revocation=revocation_service(s),
         unknown_status=s.pki.revocation.unknown_status,
+        port=port,
     )
 
 
@@ -132,7 +138,7 @@ class PeerCheck:
     Servers need not carry an OIN: only chain, validity and revocation count."""
 
     def __init__(self, s: Settings) -> None:
-        self._verifier = participant_verifier(s, required_eku=None)
+        self._verifier = participant_verifier(s, required_eku=None, port="outbound")
 
     async def check(self, ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> None:
         """Raise CertificateRejected if the peer's certificate is not acceptable."""
@@ -145,8 +151,34 @@ class PeerCheck:
             if rejected.reason != "no_oin":
                 raise
 
-    async def check_response(self, response: aiohttp.ClientResponse) -> None:
-        """check() for the connection an aiohttp response came over."""
-        connection = response.connection
-        transport = connection.transport if connection is not None else None
-        await self.check(transport.get_extra_info("ssl_object") if transport else None)
+    def connector(self, context: ssl.SSLContext, **kwargs: Any) -> aiohttp.TCPConnector:
+        """An aiohttp connector that runs this check on every new TLS connection, before
+        a request is sent on it (a refusal raises :class:`PeerRejected`)."""
+        return _CheckingConnector(self, ssl=context, **kwargs)
+
+
+class PeerRejected(aiohttp.ClientConnectionError):
+    """The server's certificate was refused by :class:`PeerCheck`; ``reason`` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"server certificate refused: {reason}")
+        self.reason = reason
+
+
+class _CheckingConnector(aiohttp.TCPConnector):
+    # aiohttp has no public hook between the TLS handshake and the first request; this
+    # wraps the one place every new connection passes (stable since aiohttp 3.0).
+    def __init__(self, check: PeerCheck, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._peer_check = check
+
+    async def _wrap_create_connection(self, *args: Any, **kwargs: Any) -> Any:
+        transport, protocol = await super()._wrap_create_connection(*args, **kwargs)
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None:
+            try:
+                await self._peer_check.check(ssl_object)
+            except CertificateRejected as rejected:
+                transport.close()
+                raise PeerRejected(rejected.reason) from None
+        return transport, protocol

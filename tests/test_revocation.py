@@ -1,0 +1,253 @@
+"""Live revocation: the dev PKI's responder (CRLs over HTTP, OCSP), ``digipoort dev revoke``,
+and every port and the deliverer's peer check refusing a certificate revoked while the
+gateway runs — with no local CRL files, so everything comes over HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from click.testing import CliRunner
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509 import ocsp
+from prometheus_client import REGISTRY
+
+from adapters.wus.aflever_client import AfleverClient
+from adapters.wus.afleverserver import AfleverServer
+from digipoort.cli import main as cli
+from digipoort.devenv import BETA, SAMPLE_PARTICIPANTS
+from digipoort.pki.devpki import DevParticipant, create_dev_pki
+from digipoort.pki.responder import ocsp_response, start_responder
+from digipoort.pki.revocation import RevocationService, cdp_urls, ocsp_urls
+from digipoort.pki.wiring import PeerCheck, client_context, participant_verifier
+from routing.deliverer import DeliveryFailed
+from tests.support import Env, create_env, destroy_env, free_port, wait_for
+from tests.test_tls_ports import (
+    client,
+    probe_ftps_control,
+    probe_grote_berichten,
+    probe_pop3,
+    probe_smtp,
+    probe_wus,
+)
+
+COMPONENTS = ("intake", "validator", "router", "wus", "smtp", "pop3", "ftp")
+
+#: port -> (probe, what a good certificate gets)
+PORTS: dict[str, tuple[Callable[[Env, ssl.SSLContext, str], str], str]] = {
+    "wus": (probe_wus, "http"),
+    "grote_berichten": (probe_grote_berichten, "http 404"),
+    "smtp": (probe_smtp, "smtp 250"),
+    "pop3": (probe_pop3, "+OK"),
+    "ftps": (probe_ftps_control, "230"),
+}
+
+
+def make_pki(directory: Path, port: int) -> Path:
+    participants = [DevParticipant(oin=o, name=n) for o, n, _ in SAMPLE_PARTICIPANTS]
+    create_dev_pki(directory, participants, revocation_url=f"http://127.0.0.1:{port}")
+    return directory
+
+
+async def revocation_env(
+    tmp: Path, template_db: str, *, unknown_status: str = "fail_closed"
+) -> tuple[Env, int]:
+    port = free_port()
+    pki = make_pki(tmp / "pki", port)
+    env = await create_env(tmp, pki, template_db)
+    rev = env.settings.pki
+    rev.crl_files = []  # only what the responder serves
+    rev.revocation.refresh_seconds = 0.5
+    rev.revocation.timeout_seconds = 2.0
+    rev.revocation.unknown_status = unknown_status  # type: ignore[assignment]
+    return env, port
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def live(tmp_path: Path, template_db: str) -> AsyncIterator[tuple[Env, int]]:
+    env, port = await revocation_env(tmp_path, template_db)
+    responder = await start_responder(env.pki, "127.0.0.1", port, ocsp_validity=2)
+    try:
+        yield env, port
+    finally:
+        await destroy_env(env)
+        await responder.cleanup()
+
+
+def beta(env: Env) -> ssl.SSLContext:
+    return client(env.pki, env.pki / f"{BETA}.crt", env.pki / f"{BETA}.key")
+
+
+async def attempt(env: Env, port: str) -> str:
+    probe, _ = PORTS[port]
+    try:
+        return await asyncio.to_thread(probe, env, beta(env), BETA)
+    except ssl.SSLError as exc:
+        return f"tls {exc.reason}"
+    except Exception as exc:  # smtplib/ftplib wrap the TLS alert of their first read
+        return f"refused {exc!r}"
+
+
+async def deliver_to_beta(env: Env, url: str) -> str:
+    s = env.settings
+    aflever = AfleverClient(
+        s.resolve(s.pki.cert_file),
+        s.resolve(s.pki.key_file),
+        s.resolve(s.pki.ca_file),
+        participant_verifier(s),
+        timeout=5,
+        ssl_context=client_context(s),
+        peer_check=PeerCheck(s),
+    )
+    try:
+        await aflever.afleveren(url, BETA, uuid.uuid4(), b"<x/>")
+    except DeliveryFailed as exc:
+        return str(exc)
+    finally:
+        await aflever.close()
+    return "delivered"
+
+
+async def test_revoked_while_running_is_refused_everywhere(
+    live: tuple[Env, int], tmp_path: Path
+) -> None:
+    env, _ = live
+    await env.start_gateway(components=COMPONENTS)
+    recipient = AfleverServer(
+        env.pki / f"{BETA}.crt", env.pki / f"{BETA}.key", env.pki / "ca.crt",
+        tmp_path / "in", env.pki / "chain.pem",
+    )  # fmt: skip
+    aflever_port = free_port()
+    await recipient.start("127.0.0.1", aflever_port)
+    url = f"https://localhost:{aflever_port}/afleverservice"
+    try:
+        for port, (_, good) in PORTS.items():
+            got = await attempt(env, port)
+            assert got.startswith(good), (port, got)
+        # the recipient answers (a fault for this non-request), so its certificate passed
+        assert "afgewezen" not in await deliver_to_beta(env, url)
+
+        result = await asyncio.to_thread(
+            CliRunner().invoke, cli, ["dev", "revoke", "--pki-dir", str(env.pki), BETA]
+        )
+        assert result.exit_code == 0, result.output
+
+        for port, (_, good) in PORTS.items():
+
+            async def refused(port: str = port, good: str = good) -> str | None:
+                got = await attempt(env, port)
+                return None if got.startswith(good) else got
+
+            got = await wait_for(refused, timeout=15, what=f"{port} refusing Beta")
+            assert "revoked" in got.lower(), (port, got)
+
+        async def delivery_refused() -> str | None:
+            got = await deliver_to_beta(env, url)
+            return got if "afgewezen" in got or "mislukt" in got else None
+
+        await wait_for(delivery_refused, timeout=15, what="deliverer refusing Beta")
+    finally:
+        await recipient.stop()
+
+
+@pytest.mark.parametrize("unknown_status", ["fail_closed", "soft_fail"])
+async def test_responder_down(tmp_path: Path, template_db: str, unknown_status: str) -> None:
+    """No CRL and no OCSP answer obtainable: refused (default) or accepted (soft-fail)."""
+    env, _ = await revocation_env(tmp_path, template_db, unknown_status=unknown_status)
+    before = REGISTRY.get_sample_value("digipoort_revocation_soft_fail_total") or 0
+    try:
+        await env.start_gateway(components=("intake", "wus", "pop3"))
+        wus, pop3 = await attempt(env, "wus"), await attempt(env, "pop3")
+        if unknown_status == "fail_closed":
+            assert wus.startswith("tls") or wus.startswith("refused"), wus
+            assert pop3.startswith("-ERR"), pop3
+        else:
+            assert wus.startswith("http"), wus
+            assert pop3.startswith("+OK"), pop3
+            after = REGISTRY.get_sample_value("digipoort_revocation_soft_fail_total") or 0
+            assert after > before
+    finally:
+        await destroy_env(env)
+
+
+# -- the service and the responder, without a gateway --------------------------------
+
+
+def _certs(pki: Path, stem: str) -> tuple[x509.Certificate, x509.Certificate]:
+    leaf = x509.load_pem_x509_certificates((pki / f"{stem}.crt").read_bytes())[0]
+    inter = x509.load_pem_x509_certificates((pki / "intermediate.crt").read_bytes())[0]
+    return leaf, inter
+
+
+def test_dev_certificates_name_the_responder(tmp_path: Path) -> None:
+    pki = make_pki(tmp_path / "pki", 1234)
+    leaf, inter = _certs(pki, BETA)
+    assert cdp_urls(leaf) == ["http://127.0.0.1:1234/crl/ca.crl"]
+    assert ocsp_urls(leaf) == ["http://127.0.0.1:1234/ocsp/intermediate"]
+    assert cdp_urls(inter) == ["http://127.0.0.1:1234/crl/root.crl"]
+    # re-running keeps the certificates (idempotent); another URL re-issues them
+    assert not [p for p in create_dev_pki(pki, []) if p.name == f"{BETA}.crt"]
+
+
+def test_ocsp_answer_follows_the_crl(tmp_path: Path) -> None:
+    from digipoort.pki.devpki import revoke
+
+    pki = make_pki(tmp_path / "pki", 1234)
+    leaf, inter = _certs(pki, BETA)
+    request = (
+        ocsp.OCSPRequestBuilder()
+        .add_certificate(leaf, inter, hashes.SHA256())
+        .build()
+        .public_bytes(serialization.Encoding.DER)
+    )
+    from datetime import timedelta
+
+    def status() -> ocsp.OCSPCertStatus:
+        answer = ocsp.load_der_ocsp_response(
+            ocsp_response(pki, "intermediate", request, timedelta(seconds=60))
+        )
+        assert answer.response_status == ocsp.OCSPResponseStatus.SUCCESSFUL
+        return answer.certificate_status
+
+    assert status() == ocsp.OCSPCertStatus.GOOD
+    revoke(pki, BETA)
+    assert status() == ocsp.OCSPCertStatus.REVOKED
+    bad = ocsp.load_der_ocsp_response(ocsp_response(pki, "intermediate", b"junk", timedelta(1)))
+    assert bad.response_status == ocsp.OCSPResponseStatus.MALFORMED_REQUEST
+
+
+async def test_service_fetches_crls_and_ocsp_and_refreshes(tmp_path: Path) -> None:
+    from digipoort.pki.devpki import revoke
+
+    port = free_port()
+    pki = make_pki(tmp_path / "pki", port)
+    leaf, inter = _certs(pki, BETA)
+    root = x509.load_pem_x509_certificates((pki / "ca.crt").read_bytes())[0]
+    responder = await start_responder(pki, "127.0.0.1", port, ocsp_validity=60)
+    service = RevocationService(refresh_seconds=0.3, timeout_seconds=2, seeds=[inter])
+    try:
+        await service.start()
+        assert service.status(inter, root).state == "good"  # the seed's CDP, at start
+        await service.prepare(leaf, inter)
+        assert service.status(leaf, inter).state == "good"
+
+        async def ocsp_cached() -> bool:
+            return bool(service._ocsp)
+
+        await wait_for(ocsp_cached, timeout=10, what="an OCSP answer")
+        revoke(pki, BETA)
+
+        async def revoked() -> bool:
+            return service.status(leaf, inter).state == "revoked"
+
+        await wait_for(revoked, timeout=10, what="the re-issued CRL")
+    finally:
+        await service.stop()
+        await responder.cleanup()
