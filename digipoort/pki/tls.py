@@ -44,7 +44,7 @@ log = structlog.get_logger(__name__)
 
 # TLS 1.2: ECDHE with AES-GCM or ChaCha20-Poly1305 only (NCSC-NL "good"); no DHE (no
 # ffdhe groups are configured, and NCSC-NL rates DHE "sufficient" at best). TLS 1.3
-# suites (all AEAD) and groups (X25519, P-256, P-384, ...) are OpenSSL's defaults.
+# suites (all AEAD) and groups are OpenSSL's defaults (Python 3.11 cannot set groups).
 _TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL:!aDSS:!SHA1:!DHE"
 
 HANDSHAKE_REFUSED = Counter(
