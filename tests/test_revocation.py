@@ -9,6 +9,7 @@ import asyncio
 import ssl
 import uuid
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ import pytest_asyncio
 from click.testing import CliRunner
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509 import ocsp
 from prometheus_client import REGISTRY
 
@@ -23,7 +25,8 @@ from adapters.wus.aflever_client import AfleverClient
 from adapters.wus.afleverserver import AfleverServer
 from digipoort.cli import main as cli
 from digipoort.devenv import BETA, SAMPLE_PARTICIPANTS
-from digipoort.pki.devpki import DevParticipant, create_dev_pki
+from digipoort.pki import CertificateRejected, CertificateVerifier
+from digipoort.pki.devpki import DevParticipant, create_dev_pki, revoke
 from digipoort.pki.responder import ocsp_response, start_responder
 from digipoort.pki.revocation import RevocationService, cdp_urls, ocsp_urls
 from digipoort.pki.wiring import PeerCheck, client_context, participant_verifier
@@ -197,8 +200,6 @@ def test_dev_certificates_name_the_responder(tmp_path: Path) -> None:
 
 
 def test_ocsp_answer_follows_the_crl(tmp_path: Path) -> None:
-    from digipoort.pki.devpki import revoke
-
     pki = make_pki(tmp_path / "pki", 1234)
     leaf, inter = _certs(pki, BETA)
     request = (
@@ -207,7 +208,6 @@ def test_ocsp_answer_follows_the_crl(tmp_path: Path) -> None:
         .build()
         .public_bytes(serialization.Encoding.DER)
     )
-    from datetime import timedelta
 
     def status() -> ocsp.OCSPCertStatus:
         answer = ocsp.load_der_ocsp_response(
@@ -224,8 +224,6 @@ def test_ocsp_answer_follows_the_crl(tmp_path: Path) -> None:
 
 
 async def test_service_fetches_crls_and_ocsp_and_refreshes(tmp_path: Path) -> None:
-    from digipoort.pki.devpki import revoke
-
     port = free_port()
     pki = make_pki(tmp_path / "pki", port)
     leaf, inter = _certs(pki, BETA)
@@ -251,3 +249,44 @@ async def test_service_fetches_crls_and_ocsp_and_refreshes(tmp_path: Path) -> No
     finally:
         await service.stop()
         await responder.cleanup()
+
+
+def test_a_revoked_intermediate_refuses_its_leaves(tmp_path: Path) -> None:
+    """Intermediates are checked too: the root's CRL lists the issuing CA."""
+    pki = make_pki(tmp_path / "pki", 1234)
+    leaf, inter = _certs(pki, BETA)
+    root = x509.load_pem_x509_certificates((pki / "ca.crt").read_bytes())[0]
+    root_key = serialization.load_pem_private_key((pki / "ca.key").read_bytes(), None)
+    assert isinstance(root_key, rsa.RSAPrivateKey)
+
+    def verifier(*crl_files: Path) -> CertificateVerifier:
+        service = RevocationService(crl_files=crl_files, fetch=False)
+        return CertificateVerifier(
+            [root], intermediates=[inter], require_crl=True, revocation=service
+        )
+
+    # the intermediate names a CDP: without any root CRL its status is unknown
+    with pytest.raises(CertificateRejected) as unknown:
+        verifier(pki / "ca.crl").verify(leaf)
+    assert unknown.value.reason == "crl_unavailable" and "issuing CA" in unknown.value.detail
+    assert verifier(pki / "ca.crl", pki / "root.crl").verify(leaf).oin == BETA
+
+    now = datetime.now(UTC)
+    revoked_root_crl = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(root.subject)
+        .last_update(now)
+        .next_update(now + timedelta(days=1))
+        .add_revoked_certificate(
+            x509.RevokedCertificateBuilder()
+            .serial_number(inter.serial_number)
+            .revocation_date(now)
+            .build()
+        )
+        .sign(root_key, hashes.SHA256())
+    )
+    path = tmp_path / "root-revoking.crl"
+    path.write_bytes(revoked_root_crl.public_bytes(serialization.Encoding.PEM))
+    with pytest.raises(CertificateRejected) as revoked:
+        verifier(pki / "ca.crl", path).verify(leaf)
+    assert revoked.value.reason == "revoked" and "issuing CA" in revoked.value.detail

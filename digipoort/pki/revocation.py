@@ -252,6 +252,12 @@ class RevocationService:
         self._users += 1
         if self._task is not None and not self._task.done() and self._loop is loop:
             return
+        if self._loop is not loop:  # futures and the HTTP session belong to their loop
+            self._session = None
+            for state in self._urls.values():
+                state.inflight = None
+            for wanted in self._ocsp_wanted.values():
+                wanted.inflight = None
         self._loop = loop
         self._wake = asyncio.Event()
         self._task = loop.create_task(self._run(), name="revocation-refresher")

@@ -110,7 +110,7 @@ def server_context(s: Settings, port: str, *, require_client_cert: bool = True) 
         intermediates_file=inter,
     )
     label_context(context, port)
-    if require_client_cert and s.pki.revocation.unknown_status == "fail_closed":
+    if require_client_cert and _crl_in_handshake(s):
         context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
     revocation_service(s).register_context(context)
     return context
@@ -126,10 +126,16 @@ def client_context(s: Settings) -> ssl.SSLContext:
     inter = _paths(s)[2]
     if inter is not None and inter.exists():
         context.load_verify_locations(cafile=str(inter))
-    if s.pki.revocation.unknown_status == "fail_closed":
+    if _crl_in_handshake(s):
         context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
     revocation_service(s).register_context(context)
     return context
+
+
+def _crl_in_handshake(s: Settings) -> bool:
+    """OpenSSL refuses a leaf without a current CRL of its issuer: only when that is the
+    configured behaviour (require_crl, fail closed)."""
+    return s.pki.require_crl and s.pki.revocation.unknown_status == "fail_closed"
 
 
 class PeerCheck:
