@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import aiohttp
 import pytest
 import pytest_asyncio
 from click.testing import CliRunner
@@ -290,3 +292,44 @@ def test_a_revoked_intermediate_refuses_its_leaves(tmp_path: Path) -> None:
     with pytest.raises(CertificateRejected) as revoked:
         verifier(pki / "ca.crl", path).verify(leaf)
     assert revoked.value.reason == "revoked" and "issuing CA" in revoked.value.detail
+
+
+async def test_dev_pki_server_command_serves_crl_and_ocsp(tmp_path: Path) -> None:
+    """`digipoort dev pki-server` as a real process; `dev revoke` changes what it serves."""
+    port = free_port()
+    pki = make_pki(tmp_path / "pki", port)
+    leaf, inter = _certs(pki, BETA)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "digipoort.cli", "dev", "pki-server",
+        "--pki-dir", str(pki), "--port", str(port), "--ocsp-validity", "5",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        service = RevocationService(refresh_seconds=0.3, timeout_seconds=2)
+        await service.start()
+
+        async def answered() -> bool:
+            await service.prepare(leaf, inter)
+            return service.status(leaf, inter).state == "good"
+
+        await wait_for(answered, timeout=20, what="the pki-server's CRL")
+        result = await asyncio.to_thread(
+            CliRunner().invoke, cli, ["dev", "revoke", "--pki-dir", str(pki), BETA]
+        )
+        assert result.exit_code == 0 and "revoked" in result.output, result.output
+
+        async def revoked() -> bool:
+            return service.status(leaf, inter).state == "revoked"
+
+        await wait_for(revoked, timeout=10, what="the re-issued CRL over HTTP")
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{port}/crl/nothing.crl") as missing:
+                assert missing.status == 404
+        await service.stop()
+        bad = await asyncio.to_thread(
+            CliRunner().invoke, cli, ["dev", "revoke", "--pki-dir", str(pki), "../etc"]
+        )
+        assert bad.exit_code != 0
+    finally:
+        process.terminate()
+        await process.wait()

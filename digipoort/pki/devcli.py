@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-import signal
 from pathlib import Path
 
 import click
 
-from digipoort.clikit import config_option, run_async, settings_from
+from digipoort.clikit import config_option, run_async, settings_from, until_signalled
 
 __all__ = ["add_dev_commands"]
 
@@ -49,15 +47,8 @@ def pki_server(
         )  # fmt: skip
         click.echo(f"serving {directory} on http://{host or pki.responder_host}:"
                    f"{port or pki.responder_port} (CRLs /crl/, OCSP /ocsp/)")  # fmt: skip
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                loop.add_signal_handler(sig, stop.set)
-            except (NotImplementedError, RuntimeError, ValueError):
-                pass
         try:
-            await stop.wait()
+            await until_signalled()
         finally:
             await runner.cleanup()
 
