@@ -5,7 +5,7 @@ peer checks, the Grote Berichten fetcher) asks the same :class:`RevocationServic
 every server ``SSLContext`` registered with it receives each newly fetched CRL, so the
 handshake and the application see the same revocation data.
 
-* Sources: the local CRL files (``pki.crl_files``, re-read on every refresh), the HTTP
+* Sources: the local CRL files (``pki.crl_files``, re-read when they change), the HTTP
   CRL distribution points of every certificate seen (and of the configured
   intermediates and the gateway's own certificate, fetched at start), and the OCSP
   responder named in a certificate's Authority Information Access.
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import tempfile
 import threading
 import time
@@ -45,6 +46,7 @@ from cryptography.x509 import ocsp
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID
 from prometheus_client import Counter
 
+from digipoort.pki.tls import refresh_crl
 from digipoort.pki.trust import load_crls, parse_crls
 
 __all__ = [
@@ -228,15 +230,14 @@ class RevocationService:
     _urls: dict[str, _UrlState] = field(default_factory=dict)
     _ocsp: dict[_OcspKey, _OcspAnswer] = field(default_factory=dict)
     _ocsp_wanted: dict[_OcspKey, _OcspWanted] = field(default_factory=dict)
-    _sig_ok: dict[tuple[int, bytes], bool] = field(default_factory=dict)
-    _contexts: WeakSet[object] = field(default_factory=WeakSet)
+    _sig_ok: dict[tuple[bytes, bytes], bool] = field(default_factory=dict)
+    _contexts: WeakSet[ssl.SSLContext] = field(default_factory=WeakSet)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _loop: asyncio.AbstractEventLoop | None = None
     _task: asyncio.Task[None] | None = None
     _session: aiohttp.ClientSession | None = None
     _wake: asyncio.Event | None = None
     _users: int = 0
-    _tmp: Path | None = None
 
     def __post_init__(self) -> None:
         self.reload_files()
@@ -277,7 +278,7 @@ class RevocationService:
             await self._session.close()
             self._session = None
 
-    def register_context(self, context: object) -> None:
+    def register_context(self, context: ssl.SSLContext) -> None:
         """Write every CRL this service holds (and every new one) into this SSLContext."""
         self._contexts.add(context)
         for crl in self._all_crls():
@@ -317,10 +318,16 @@ class RevocationService:
         """Make sure status() can answer for cert: fetch what is missing (bounded wait)."""
         if self.status(cert, issuer).state != "unknown" or not self.fetch:
             return
-        waits = [self._fetch_url(url) for url in cdp_urls(cert)]
+        now = time.monotonic()
+        # a URL that failed recently is not tried again before its back-off has passed
+        waits = [
+            self._fetch_url(url)
+            for url in cdp_urls(cert)
+            if url not in self._urls or self._urls[url].next_fetch <= now
+        ]
         key = (_sha256(issuer.public_bytes(serialization.Encoding.DER)), cert.serial_number)
         wanted = self._ocsp_wanted.get(key)
-        if wanted is not None:
+        if wanted is not None and wanted.next_fetch <= now:
             waits.append(self._fetch_ocsp(wanted))
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.timeout_seconds + 1):
@@ -390,26 +397,26 @@ class RevocationService:
         fp = _sha256(issuer.public_bytes(serialization.Encoding.DER))
         result = []
         for entry in self._crls.get(issuer.subject, ()):
-            key = (id(entry.crl), fp)
+            key = (entry.crl.signature, fp)
             ok = self._sig_ok.get(key)
             if ok is None:
                 ok = entry.crl.is_signature_valid(issuer.public_key())  # type: ignore[arg-type]
+                if len(self._sig_ok) >= MAX_OCSP:
+                    self._sig_ok.clear()
                 self._sig_ok[key] = ok
             if ok:
                 result.append(entry.crl)
         return result
 
-    def _load_into(self, context: object, crl: x509.CertificateRevocationList) -> None:
-        from digipoort.pki.tls import refresh_crl  # tls imports nothing from here
-
-        if self._tmp is None:
-            self._tmp = Path(tempfile.mkdtemp(prefix="digipoort-crl-"))
-        path = self._tmp / "crl.pem"
-        path.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
-        try:
-            refresh_crl(context, path)  # type: ignore[arg-type]
-        except Exception as exc:  # a bad CRL must not stop the others
-            log.warning("pki.crl_context_load_failed", error=str(exc))
+    def _load_into(self, context: ssl.SSLContext, crl: x509.CertificateRevocationList) -> None:
+        # Python's ssl loads CRLs only from files (cadata takes certificates only)
+        with tempfile.NamedTemporaryFile(prefix="digipoort-crl-", suffix=".pem") as tmp:
+            tmp.write(crl.public_bytes(serialization.Encoding.PEM))
+            tmp.flush()
+            try:
+                refresh_crl(context, Path(tmp.name))
+            except Exception as exc:  # a bad CRL must not stop the others
+                log.warning("pki.crl_context_load_failed", error=str(exc))
 
     # ----------------------------------------------------------------- fetching
 
