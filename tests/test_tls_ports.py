@@ -305,3 +305,62 @@ async def test_tls_1_1_refused(gw: Env) -> None:
             return f"refused {exc!r}"
 
     assert not (await asyncio.to_thread(go)).startswith("accepted")
+
+
+def _certificate_without_oin(pki: Path, directory: Path) -> tuple[Path, Path]:
+    """A leaf from the trusted intermediate whose subject carries no OIN."""
+    from datetime import UTC, datetime, timedelta
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    issuer = x509.load_pem_x509_certificates((pki / "intermediate.crt").read_bytes())[0]
+    issuer_key = serialization.load_pem_private_key((pki / "intermediate.key").read_bytes(), None)
+    assert isinstance(issuer_key, rsa.RSAPrivateKey)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Zonder OIN")]))
+        .issuer_name(issuer.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), False
+        )
+        .sign(issuer_key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "no-oin.crt", directory / "no-oin.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def rejected(port: str, reason: str) -> float:
+    value = REGISTRY.get_sample_value(
+        "digipoort_certificate_rejected_total", {"port": port, "reason": reason}
+    )
+    return value or 0.0
+
+
+@pytest.mark.parametrize(("port", "probe"), [("smtp", probe_smtp), ("pop3", probe_pop3),
+                                             ("ftp", probe_ftps_control)])  # fmt: skip
+async def test_certificate_without_oin_refused_and_counted(
+    gw: Env, tmp_path: Path, port: str, probe: Probe
+) -> None:
+    cert, key = _certificate_without_oin(gw.pki, tmp_path)
+    before = rejected(port, "no_oin")
+    got = await asyncio.to_thread(probe, gw, client(gw.pki, cert, key), ALFA)
+    assert got.split()[0] in ("smtp", "-ERR", "530") and "250" not in got and "+OK" not in got
+    assert rejected(port, "no_oin") > before, got
