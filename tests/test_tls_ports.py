@@ -21,12 +21,15 @@ import subprocess
 import uuid
 import warnings
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
 from prometheus_client import REGISTRY
 
 from digipoort.devenv import ALFA
@@ -309,12 +312,6 @@ async def test_tls_1_1_refused(gw: Env) -> None:
 
 def _certificate_without_oin(pki: Path, directory: Path) -> tuple[Path, Path]:
     """A leaf from the trusted intermediate whose subject carries no OIN."""
-    from datetime import UTC, datetime, timedelta
-
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import rsa
-    from cryptography.x509.oid import NameOID
-
     issuer = x509.load_pem_x509_certificates((pki / "intermediate.crt").read_bytes())[0]
     issuer_key = serialization.load_pem_private_key((pki / "intermediate.key").read_bytes(), None)
     assert isinstance(issuer_key, rsa.RSAPrivateKey)
