@@ -333,3 +333,31 @@ async def test_dev_pki_server_command_serves_crl_and_ocsp(tmp_path: Path) -> Non
     finally:
         process.terminate()
         await process.wait()
+
+
+def test_only_crls_of_the_configured_cas_reach_the_handshake(tmp_path: Path) -> None:
+    """A CRL under the intermediate's name but signed by another key (say, another dev
+    PKI's responder on the same port) is neither believed nor put into SSL contexts."""
+    pki = make_pki(tmp_path / "pki", 1234)
+    leaf, inter = _certs(pki, BETA)
+    stranger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    now = datetime.now(UTC)
+    foreign = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(inter.subject)
+        .last_update(now + timedelta(seconds=5))  # newer than the real one
+        .next_update(now + timedelta(days=1))
+        .add_revoked_certificate(
+            x509.RevokedCertificateBuilder()
+            .serial_number(leaf.serial_number)
+            .revocation_date(now)
+            .build()
+        )
+        .sign(stranger, hashes.SHA256())
+    )
+    path = tmp_path / "foreign.crl"
+    path.write_bytes(foreign.public_bytes(serialization.Encoding.PEM))
+    service = RevocationService(crl_files=[path, pki / "ca.crl"], fetch=False, issuers=[inter])
+    assert service.status(leaf, inter).state == "good"
+    chosen = service._for_contexts()
+    assert chosen and all(crl.is_signature_valid(inter.public_key()) for crl in chosen)  # type: ignore[arg-type]

@@ -29,7 +29,7 @@ import ssl
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -221,6 +221,9 @@ class RevocationService:
     timeout_seconds: float = 5.0
     max_bytes: int = 10 * 1024 * 1024
     seeds: Sequence[x509.Certificate] = ()  # their CDP URLs are fetched at start
+    # the configured CAs: only CRLs one of them signed go into the SSL contexts (OpenSSL
+    # picks a CRL by issuer name and would fail a handshake on a foreign one)
+    issuers: Sequence[x509.Certificate] = ()
 
     generation: int = 0
     _crls: dict[x509.Name, list[_CrlEntry]] = field(default_factory=dict)
@@ -281,7 +284,7 @@ class RevocationService:
     def register_context(self, context: ssl.SSLContext) -> None:
         """Write every CRL this service holds (and every new one) into this SSLContext."""
         self._contexts.add(context)
-        for crl in self._all_crls():
+        for crl in self._for_contexts():
             self._load_into(context, crl)
 
     # ----------------------------------------------------------------- queries
@@ -366,8 +369,6 @@ class RevocationService:
             return False
         self._url_crls[source] = crl
         self._rebuild()
-        for context in list(self._contexts):
-            self._load_into(context, crl)
         return True
 
     def _rebuild(self) -> None:
@@ -382,12 +383,21 @@ class RevocationService:
         with self._lock:
             self._crls = grouped
             self.generation += 1
+        newest = self._for_contexts()
         for context in list(self._contexts):
-            for entries in grouped.values():
-                self._load_into(context, entries[0].crl)
+            for crl in newest:
+                self._load_into(context, crl)
 
-    def _all_crls(self) -> Iterable[x509.CertificateRevocationList]:
-        return [e.crl for entries in self._crls.values() for e in entries]
+    def _for_contexts(self) -> list[x509.CertificateRevocationList]:
+        """Per issuer, the newest CRL signed by one of the configured CAs."""
+        chosen = []
+        for name in self._crls:
+            for issuer in (c for c in self.issuers if c.subject == name):
+                crls = self._crls_for(issuer)
+                if crls:
+                    chosen.append(crls[0])
+                    break
+        return chosen
 
     def _has_issuer_name(self, name: x509.Name) -> bool:
         return name in self._crls

@@ -48,11 +48,15 @@ def _paths(s: Settings) -> tuple[Path, list[Path], Path | None]:
 def _seeds(s: Settings, inter: Path | None) -> list[x509.Certificate]:
     """Certificates whose CRL distribution points are fetched at start: the configured
     intermediates and the gateway's own certificate (issued by a participant's CA)."""
-    seeds: list[x509.Certificate] = []
-    for path in (inter, s.resolve(s.pki.cert_file)):
+    return _certificates(inter, s.resolve(s.pki.cert_file))
+
+
+def _certificates(*paths: Path | None) -> list[x509.Certificate]:
+    found: list[x509.Certificate] = []
+    for path in paths:
         if path is not None and path.exists():
-            seeds += x509.load_pem_x509_certificates(path.read_bytes())
-    return seeds
+            found += x509.load_pem_x509_certificates(path.read_bytes())
+    return found
 
 
 def revocation_service(s: Settings) -> RevocationService:
@@ -69,6 +73,7 @@ def revocation_service(s: Settings) -> RevocationService:
             timeout_seconds=rev.timeout_seconds,
             max_bytes=rev.max_bytes,
             seeds=_seeds(s, inter),
+            issuers=_certificates(ca, inter),
         )
         _SERVICES[key] = service
     return service
