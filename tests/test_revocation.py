@@ -198,7 +198,12 @@ def test_dev_certificates_name_the_responder(tmp_path: Path) -> None:
     assert ocsp_urls(leaf) == ["http://127.0.0.1:1234/ocsp/intermediate"]
     assert cdp_urls(inter) == ["http://127.0.0.1:1234/crl/root.crl"]
     # re-running keeps the certificates (idempotent); another URL re-issues them
-    assert not [p for p in create_dev_pki(pki, []) if p.name == f"{BETA}.crt"]
+    participants = [DevParticipant(oin=o, name=n) for o, n, _ in SAMPLE_PARTICIPANTS]
+    assert create_dev_pki(pki, participants, revocation_url="http://127.0.0.1:1234") == []
+    written = create_dev_pki(pki, participants, revocation_url="http://127.0.0.1:4321")
+    assert pki / f"{BETA}.crt" in written and pki / "intermediate.crt" in written
+    assert not [p for p in written if p.suffix == ".key"]  # same keys
+    assert cdp_urls(_certs(pki, BETA)[0]) == ["http://127.0.0.1:4321/crl/ca.crl"]
 
 
 def test_ocsp_answer_follows_the_crl(tmp_path: Path) -> None:
