@@ -192,12 +192,6 @@ class _OcspAnswer:
 _OcspKey: TypeAlias = tuple[bytes, int]  # issuer SPKI fingerprint, serial
 
 
-def _sha256(data: bytes) -> bytes:
-    h = hashes.Hash(hashes.SHA256())
-    h.update(data)
-    return h.finalize()
-
-
 @dataclass
 class _OcspWanted:
     cert: x509.Certificate
@@ -234,6 +228,7 @@ class RevocationService:
     _ocsp: dict[_OcspKey, _OcspAnswer] = field(default_factory=dict)
     _ocsp_wanted: dict[_OcspKey, _OcspWanted] = field(default_factory=dict)
     _sig_ok: dict[tuple[bytes, bytes], bool] = field(default_factory=dict)
+    _fps: dict[bytes, bytes] = field(default_factory=dict)
     _contexts: WeakSet[ssl.SSLContext] = field(default_factory=WeakSet)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _loop: asyncio.AbstractEventLoop | None = None
@@ -299,7 +294,7 @@ class RevocationService:
             entry = crl.get_revoked_certificate_by_serial_number(cert.serial_number)
             if entry is not None:
                 return RevocationStatus("revoked", "crl", f"serial {cert.serial_number:x}")
-        key = (_sha256(issuer.public_bytes(serialization.Encoding.DER)), cert.serial_number)
+        key = (self._fingerprint(issuer), cert.serial_number)
         answer = self._ocsp.get(key)
         if answer is not None and answer.next_update >= at:
             if answer.state == "revoked":
@@ -328,7 +323,7 @@ class RevocationService:
             for url in cdp_urls(cert)
             if url not in self._urls or self._urls[url].next_fetch <= now
         ]
-        key = (_sha256(issuer.public_bytes(serialization.Encoding.DER)), cert.serial_number)
+        key = (self._fingerprint(issuer), cert.serial_number)
         wanted = self._ocsp_wanted.get(key)
         if wanted is not None and wanted.next_fetch <= now:
             waits.append(self._fetch_ocsp(wanted))
@@ -402,9 +397,18 @@ class RevocationService:
     def _has_issuer_name(self, name: x509.Name) -> bool:
         return name in self._crls
 
+    def _fingerprint(self, cert: x509.Certificate) -> bytes:
+        """SHA-256 of the certificate, remembered (a handful of CAs, asked per check)."""
+        fp = self._fps.get(cert.signature)
+        if fp is None:
+            if len(self._fps) >= MAX_URLS:
+                self._fps.clear()
+            fp = self._fps[cert.signature] = cert.fingerprint(hashes.SHA256())
+        return fp
+
     def _crls_for(self, issuer: x509.Certificate) -> list[x509.CertificateRevocationList]:
         """CRLs named for issuer whose signature its key confirms, newest first."""
-        fp = _sha256(issuer.public_bytes(serialization.Encoding.DER))
+        fp = self._fingerprint(issuer)
         result = []
         for entry in self._crls.get(issuer.subject, ()):
             key = (entry.crl.signature, fp)
@@ -559,7 +563,7 @@ class RevocationService:
             return
         FETCHES.labels("ocsp", "ok").inc()
         wanted.failures = 0
-        key = (_sha256(wanted.issuer.public_bytes(serialization.Encoding.DER)),
+        key = (self._fingerprint(wanted.issuer),
                wanted.cert.serial_number)  # fmt: skip
         if self._ocsp.get(key) != answer:
             with self._lock:
