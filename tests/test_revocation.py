@@ -26,7 +26,7 @@ from prometheus_client import REGISTRY
 from adapters.wus.aflever_client import AfleverClient
 from adapters.wus.afleverserver import AfleverServer
 from digipoort.cli import main as cli
-from digipoort.devenv import BETA, SAMPLE_PARTICIPANTS
+from digipoort.devenv import BELASTINGDIENST, BETA, SAMPLE_PARTICIPANTS
 from digipoort.pki import CertificateRejected, CertificateVerifier
 from digipoort.pki.devpki import DevParticipant, create_dev_pki, revoke
 from digipoort.pki.responder import ocsp_response, start_responder
@@ -34,6 +34,8 @@ from digipoort.pki.revocation import RevocationService, cdp_urls, ocsp_urls
 from digipoort.pki.wiring import PeerCheck, client_context, participant_verifier
 from routing.deliverer import DeliveryFailed
 from tests.support import Env, create_env, destroy_env, free_port, wait_for
+from tests.test_smtp_relay import COMPONENTS as RELAY_COMPONENTS
+from tests.test_smtp_relay import Mta, codes, fast_retries, make_smtp_recipient, submit
 from tests.test_tls_ports import (
     client,
     probe_ftps_control,
@@ -366,3 +368,26 @@ def test_only_crls_of_the_configured_cas_reach_the_handshake(tmp_path: Path) -> 
     assert service.status(leaf, inter).state == "good"
     chosen = service._for_contexts()
     assert chosen and all(crl.is_signature_valid(inter.public_key()) for crl in chosen)  # type: ignore[arg-type]
+
+
+async def test_relay_refuses_an_mta_with_a_revoked_certificate(env: Env) -> None:
+    """The SMTP relay's peer check: an MTA presenting a revoked certificate gets no mail."""
+    port = free_port()
+    await make_smtp_recipient(env, BELASTINGDIENST, port)
+    fast_retries(env)
+    mta = await Mta(env, port, cert="revoked").start()
+    try:
+        gw = await env.start_gateway(components=RELAY_COMPONENTS)
+        (kenmerk,) = await submit(gw)
+
+        async def failed_twice() -> bool:
+            return (await codes(env, kenmerk)).count("420") >= 2
+
+        await wait_for(failed_twice, timeout=30, what="two failed attempts")
+        failed = [s for s in await env.history(kenmerk) if s.code == "420"]
+        assert all("revoked" in (s.details or "").lower() for s in failed), [
+            s.details for s in failed
+        ]
+        assert not mta.recorder.mails
+    finally:
+        await mta.stop()

@@ -171,6 +171,13 @@ def _reply_text(exc: aiosmtplib.SMTPResponseException) -> str:
     return f"SMTP {exc.code} {_clean(exc.message)}".strip()
 
 
+def _tls_reason(exc: ssl.SSLError) -> str:
+    """OpenSSL's reason, and for a refused certificate why (e.g. "certificate revoked")."""
+    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
+        return f"{exc.reason} ({exc.verify_message})"
+    return str(exc.reason)
+
+
 class SmtpRelay:
     """The ``smtp`` :data:`routing.deliverer.Sender`."""
 
@@ -267,13 +274,13 @@ class SmtpRelay:
             raise DeliveryFailed(_reply_text(exc)) from None
         except ssl.SSLError as exc:
             raise DeliveryFailed(
-                f"TLS met {target.host}:{target.port} mislukt: {exc.reason}"
+                f"TLS met {target.host}:{target.port} mislukt: {_tls_reason(exc)}"
             ) from None
         except (aiosmtplib.SMTPException, OSError) as exc:
             cause = exc.__cause__ or exc.__context__
             if isinstance(cause, ssl.SSLError):
                 raise DeliveryFailed(
-                    f"TLS met {target.host}:{target.port} mislukt: {cause.reason}"
+                    f"TLS met {target.host}:{target.port} mislukt: {_tls_reason(cause)}"
                 ) from None
             raise DeliveryFailed(
                 f"verbinding met {target.host}:{target.port} mislukt: {type(exc).__name__}"
