@@ -16,6 +16,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 import pytest_asyncio
+from aiohttp import web
 from click.testing import CliRunner
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -27,12 +28,19 @@ from adapters.wus.aflever_client import AfleverClient
 from adapters.wus.afleverserver import AfleverServer
 from digipoort.cli import main as cli
 from digipoort.devenv import BELASTINGDIENST, BETA, SAMPLE_PARTICIPANTS
-from digipoort.pki import CertificateRejected, CertificateVerifier
+from digipoort.pki import (
+    CertificateRejected,
+    CertificateVerifier,
+    client_ssl_context,
+    server_ssl_context,
+)
 from digipoort.pki.devpki import DevParticipant, create_dev_pki, revoke
 from digipoort.pki.responder import ocsp_response, start_responder
 from digipoort.pki.revocation import RevocationService, cdp_urls, ocsp_urls
 from digipoort.pki.wiring import PeerCheck, client_context, participant_verifier
 from routing.deliverer import DeliveryFailed
+from routing.fetcher import FetchFailed, ReferenceFetcher
+from routing.grote_berichten import Reference
 from tests.support import Env, create_env, destroy_env, free_port, wait_for
 from tests.test_smtp_relay import COMPONENTS as RELAY_COMPONENTS
 from tests.test_smtp_relay import Mta, codes, fast_retries, make_smtp_recipient, submit
@@ -391,3 +399,33 @@ async def test_relay_refuses_an_mta_with_a_revoked_certificate(env: Env) -> None
         assert not mta.recorder.mails
     finally:
         await mta.stop()
+
+
+async def test_grote_berichten_fetcher_refuses_a_revoked_server(env: Env, tmp_path: Path) -> None:
+    """The fetcher's peer check runs on each new connection, before the request."""
+    pki, served = env.pki, []
+
+    async def handler(request: web.Request) -> web.Response:
+        served.append(request.path)
+        return web.Response(body=b"x")
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    context = server_ssl_context(pki / "revoked.crt", pki / "revoked.key", pki / "ca.crt",
+                                 require_client_cert=False)  # fmt: skip
+    await web.TCPSite(runner, "127.0.0.1", port, ssl_context=context).start()
+    now = datetime.now(UTC)
+    ref = Reference("c", f"https://localhost:{port}/doc", "doc.bin", "application/octet-stream",
+                    1, "0" * 64, now, now + timedelta(days=1))  # fmt: skip
+    # chain and host name alone would accept the server: only the peer check refuses it
+    plain = client_ssl_context(pki / f"{BETA}.crt", pki / f"{BETA}.key", pki / "ca.crt")
+    fetcher = ReferenceFetcher(plain, attempts=1, peer_check=PeerCheck(env.settings))
+    try:
+        with pytest.raises(FetchFailed, match="revoked"):
+            await fetcher.fetch(ref, tmp_path / "doc.part")
+        assert served == []
+    finally:
+        await runner.cleanup()
