@@ -268,6 +268,34 @@ async def test_service_fetches_crls_and_ocsp_and_refreshes(tmp_path: Path) -> No
         await responder.cleanup()
 
 
+def crl_listing(
+    path: Path,
+    issuer: x509.Name,
+    key: rsa.RSAPrivateKey,
+    cert: x509.Certificate,
+    *,
+    newer: bool = False,
+) -> Path:
+    """Write a CRL of ``issuer`` signed by ``key`` that lists ``cert``; newer: dated
+    a few seconds ahead, so it outranks a CRL issued now."""
+    now = datetime.now(UTC) + timedelta(seconds=5 if newer else 0)
+    crl = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(issuer)
+        .last_update(now)
+        .next_update(now + timedelta(days=1))
+        .add_revoked_certificate(
+            x509.RevokedCertificateBuilder()
+            .serial_number(cert.serial_number)
+            .revocation_date(now)
+            .build()
+        )
+        .sign(key, hashes.SHA256())
+    )
+    path.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
+    return path
+
+
 def test_a_revoked_intermediate_refuses_its_leaves(tmp_path: Path) -> None:
     """Intermediates are checked too: the root's CRL lists the issuing CA."""
     pki = make_pki(tmp_path / "pki", 1234)
@@ -288,22 +316,7 @@ def test_a_revoked_intermediate_refuses_its_leaves(tmp_path: Path) -> None:
     assert unknown.value.reason == "crl_unavailable" and "issuing CA" in unknown.value.detail
     assert verifier(pki / "ca.crl", pki / "root.crl").verify(leaf).oin == BETA
 
-    now = datetime.now(UTC)
-    revoked_root_crl = (
-        x509.CertificateRevocationListBuilder()
-        .issuer_name(root.subject)
-        .last_update(now)
-        .next_update(now + timedelta(days=1))
-        .add_revoked_certificate(
-            x509.RevokedCertificateBuilder()
-            .serial_number(inter.serial_number)
-            .revocation_date(now)
-            .build()
-        )
-        .sign(root_key, hashes.SHA256())
-    )
-    path = tmp_path / "root-revoking.crl"
-    path.write_bytes(revoked_root_crl.public_bytes(serialization.Encoding.PEM))
+    path = crl_listing(tmp_path / "root-revoking.crl", root.subject, root_key, inter)
     with pytest.raises(CertificateRejected) as revoked:
         verifier(pki / "ca.crl", path).verify(leaf)
     assert revoked.value.reason == "revoked" and "issuing CA" in revoked.value.detail
@@ -356,22 +369,7 @@ def test_only_crls_of_the_configured_cas_reach_the_handshake(tmp_path: Path) -> 
     pki = make_pki(tmp_path / "pki", 1234)
     leaf, inter = _certs(pki, BETA)
     stranger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    now = datetime.now(UTC)
-    foreign = (
-        x509.CertificateRevocationListBuilder()
-        .issuer_name(inter.subject)
-        .last_update(now + timedelta(seconds=5))  # newer than the real one
-        .next_update(now + timedelta(days=1))
-        .add_revoked_certificate(
-            x509.RevokedCertificateBuilder()
-            .serial_number(leaf.serial_number)
-            .revocation_date(now)
-            .build()
-        )
-        .sign(stranger, hashes.SHA256())
-    )
-    path = tmp_path / "foreign.crl"
-    path.write_bytes(foreign.public_bytes(serialization.Encoding.PEM))
+    path = crl_listing(tmp_path / "foreign.crl", inter.subject, stranger, leaf, newer=True)
     service = RevocationService(crl_files=[path, pki / "ca.crl"], fetch=False, issuers=[inter])
     assert service.status(leaf, inter).state == "good"
     chosen = service._for_contexts()
