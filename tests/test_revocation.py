@@ -22,6 +22,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509 import ocsp
+from cryptography.x509.oid import AuthorityInformationAccessOID, NameOID
 from prometheus_client import REGISTRY
 
 from adapters.wus.aflever_client import AfleverClient
@@ -427,3 +428,49 @@ async def test_grote_berichten_fetcher_refuses_a_revoked_server(env: Env, tmp_pa
         assert served == []
     finally:
         await runner.cleanup()
+
+
+async def test_ocsp_alone_decides_for_a_certificate_without_a_cdp(tmp_path: Path) -> None:
+    """A certificate that names only an OCSP responder: good, then revoked, from OCSP."""
+    port = free_port()
+    pki = make_pki(tmp_path / "pki", port)
+    _, inter = _certs(pki, BETA)
+    inter_key = serialization.load_pem_private_key((pki / "intermediate.key").read_bytes(), None)
+    assert isinstance(inter_key, rsa.RSAPrivateKey)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    now = datetime.now(UTC)
+    aia = x509.AuthorityInformationAccess([x509.AccessDescription(
+        AuthorityInformationAccessOID.OCSP,
+        x509.UniformResourceIdentifier(f"http://127.0.0.1:{port}/ocsp/intermediate"),
+    )])  # fmt: skip
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.SERIAL_NUMBER, BETA)]))
+        .issuer_name(inter.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(aia, critical=False)
+        .sign(inter_key, hashes.SHA256())
+    )
+    (pki / "ocsp-only.crt").write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    assert cdp_urls(leaf) == [] and ocsp_urls(leaf)
+    responder = await start_responder(pki, "127.0.0.1", port, ocsp_validity=1)
+    service = RevocationService(refresh_seconds=0.3, timeout_seconds=2)
+    try:
+        await service.start()
+        assert service.status(leaf, inter).state == "unknown"
+        await service.prepare(leaf, inter)
+        good = service.status(leaf, inter)
+        assert (good.state, good.source) == ("good", "ocsp")
+        revoke(pki, "ocsp-only")
+
+        async def revoked() -> bool:
+            status = service.status(leaf, inter)
+            return status.state == "revoked" and status.source == "ocsp"
+
+        await wait_for(revoked, timeout=10, what="a revoked OCSP answer")
+    finally:
+        await service.stop()
+        await responder.cleanup()
