@@ -36,6 +36,7 @@ from adapters.smtp.pop3proto import (
 from adapters.smtp.server import tls_context, verifiers
 from digipoort.app import Gateway
 from digipoort.pki import CertificateRejected, CertificateVerifier, peer_certificate
+from digipoort.pki.wiring import revocation_service
 
 log = structlog.get_logger(__name__)
 
@@ -144,7 +145,7 @@ class Pop3Server:
         if isinstance(action, StartTls):
             await self._send(writer, action.reply)
             await writer.start_tls(self.context)
-            session.tls_started(*self._certificate(writer))
+            session.tls_started(*await self._certificate(writer))
             return None
         if isinstance(action, Authenticate):
             return await self._login(action, session, peer)
@@ -170,13 +171,15 @@ class Pop3Server:
         log.info("pop3.quit", user=session.user, deleted=removed)
         return Reply(True, f"bye ({removed} messages deleted)", close=True)
 
-    def _certificate(self, writer: asyncio.StreamWriter) -> tuple[str | None, str | None]:
+    async def _certificate(
+        self, writer: asyncio.StreamWriter
+    ) -> tuple[str | None, str | None]:
         ssl_object = writer.get_extra_info("ssl_object")
         cert = peer_certificate(ssl_object) if ssl_object is not None else None
         if cert is None:
             return None, None
-        try:
-            return self.verifier.verify(cert).oin, None
+        try:  # the shared revocation service: a revoked certificate cannot log in
+            return (await self.verifier.verify_async(cert)).oin, None
         except CertificateRejected as rejected:
             return None, rejected.reason
 
@@ -209,11 +212,13 @@ class Pop3Server:
 async def start(gateway: Gateway) -> Callable[[], Awaitable[None]]:
     s = gateway.settings
     assert gateway.pool is not None
-    verifier, _ = verifiers(s)
+    revocation = revocation_service(s)
+    await revocation.start()
+    verifier, _ = verifiers(s, "pop3")
     pop3 = Pop3Server(
         gateway.pool,
         verifier,
-        tls_context(s),
+        tls_context(s, "pop3"),
         timeout=s.pop3.timeout_seconds,
         max_sessions=s.pop3.max_sessions,
     )
@@ -229,5 +234,6 @@ async def start(gateway: Gateway) -> Callable[[], Awaitable[None]]:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(5):
                 await server.wait_closed()
+        await revocation.stop()
 
     return stop

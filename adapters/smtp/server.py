@@ -35,8 +35,8 @@ from digipoort.pki import (
     VerifiedIdentity,
     is_valid_oin,
     peer_certificate,
-    server_ssl_context,
 )
+from digipoort.pki.wiring import participant_verifier, revocation_service, server_context
 
 log = structlog.get_logger(__name__)
 
@@ -308,37 +308,28 @@ class _Busy(asyncio.Protocol):
         transport.close()
 
 
-def verifiers(settings: Settings) -> tuple[CertificateVerifier, CertificateVerifier]:
-    pki = settings.pki
-    ca = settings.resolve(pki.ca_file)
-    crls = [settings.resolve(p) for p in pki.crl_files]
-    chain = settings.resolve(pki.intermediates_file) if pki.intermediates_file else None
-    tls = CertificateVerifier.from_files(ca, crls, chain, require_crl=pki.require_crl)
-    smime = CertificateVerifier.from_files(
-        ca, crls, chain, require_crl=pki.require_crl, required_eku=None
+def verifiers(
+    settings: Settings, port: str = "smtp"
+) -> tuple[CertificateVerifier, CertificateVerifier]:
+    """TLS client certificates and S/MIME signers; both ask the process's revocation
+    service (refreshed in the background), so a revocation reaches SMTP and POP3."""
+    return (
+        participant_verifier(settings, port=port),
+        participant_verifier(settings, required_eku=None, port=f"{port}_smime"),
     )
-    return tls, smime
 
 
-def tls_context(settings: Settings) -> ssl.SSLContext:
+def tls_context(settings: Settings, port: str = "smtp") -> ssl.SSLContext:
     """TLS 1.2+, client certificate requested (and chain-verified if sent). Revocation
     and the OIN are checked by the CertificateVerifier, so a missing or revoked
     certificate gets a precise SMTP/POP3 reply instead of a failed handshake."""
-    pki = settings.pki
-    return server_ssl_context(
-        settings.resolve(pki.cert_file),
-        settings.resolve(pki.key_file),
-        settings.resolve(pki.ca_file),
-        None,
-        require_client_cert=False,
-        intermediates_file=(
-            settings.resolve(pki.intermediates_file) if pki.intermediates_file else None
-        ),
-    )
+    return server_context(settings, port, require_client_cert=False)
 
 
 async def start(gateway: Gateway) -> Callable[[], Awaitable[None]]:
     s = gateway.settings
+    revocation = revocation_service(s)
+    await revocation.start()
     tls_verifier, smime_verifier = verifiers(s)
     context = tls_context(s)
     handler = SmtpHandler(gateway, tls_verifier, smime_verifier)
@@ -364,22 +355,13 @@ async def start(gateway: Gateway) -> Callable[[], Awaitable[None]]:
     server = await loop.create_server(factory, s.smtp.host, s.smtp.port, reuse_port=True)
     log.info("smtp.listening", host=s.smtp.host, port=s.smtp.port, domain=s.smtp.domain)
 
-    async def maintenance() -> None:
-        while True:
-            await asyncio.sleep(60)
-            tls_verifier.reload_crls()
-            smime_verifier.reload_crls()
-
-    task = loop.create_task(maintenance())
-
     async def stop() -> None:
-        task.cancel()
         server.close()
-        await asyncio.gather(task, return_exceptions=True)
         try:
             async with asyncio.timeout(5):
                 await server.wait_closed()
         except TimeoutError:
             log.warning("smtp.stop_timeout")
+        await revocation.stop()
 
     return stop
