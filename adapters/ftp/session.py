@@ -40,6 +40,7 @@ from adapters.ftp.passive import DataConnectionError, DataListener, PassivePorts
 from adapters.ftp.paths import Node, PathRefused, check_upload_name, classify, mime_type_for
 from adapters.ftp.paths import normalise as normalise_path
 from adapters.ftp.tlsstream import TlsStream, Truncated
+from adapters.starttls import upgrade
 from digipoort.config import FtpConfig, GroteBerichtenConfig, LimitsConfig
 from digipoort.envelope import Aanlevering, Document, Identiteit, StoredBlob
 from digipoort.intake import Intake, IntakeRefused, IntakeUnavailable
@@ -233,14 +234,23 @@ class Session:
         if arg.upper() not in ("TLS", "TLS-C", "SSL"):
             await self.refuse(504, "Only AUTH TLS is supported", "auth_mechanism")
             return
-        await self.send(234, "AUTH TLS ok, start the TLS handshake")
         try:
-            await self.writer.start_tls(self.s.ssl_context, ssl_handshake_timeout=30.0)
+            discarded = await upgrade(
+                self.reader,
+                self.writer,
+                self.s.ssl_context,
+                lambda: self.send(234, "AUTH TLS ok, start the TLS handshake"),
+            )
         except (ssl.SSLError, ConnectionError, TimeoutError, OSError) as exc:
             metrics.REFUSED.labels("tls_handshake").inc()
             self.log.info("ftp.refused", code=0, reason="tls_handshake", error=repr(exc)[:200])
             self.closing = True
             return
+        if discarded:  # CVE-2011-0411: plaintext pipelined behind AUTH TLS is never run
+            metrics.REFUSED.labels("pipelined_before_tls").inc()
+            self.log.warning(
+                "ftp.refused", code=0, reason="pipelined_before_tls", discarded=discarded
+            )
         self.tls = True
         sslobj = self.writer.get_extra_info("ssl_object")
         cert = peer_certificate(sslobj) if sslobj is not None else None

@@ -16,12 +16,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException, syntax
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from adapters.smtp import metrics, store
-from adapters.smtp.codes import REFUSALS, MailRefused, intake_refusal
+from adapters.smtp.codes import MailRefused, Refusal, intake_refusal, protocol_refusal
 from adapters.smtp.flows import resolve_flow, smime_required
 from adapters.smtp.mime import ParsedMail, parse_mail
 from adapters.smtp.smime import SmimeInvalid, verify_detached
@@ -42,23 +42,12 @@ log = structlog.get_logger(__name__)
 
 __all__ = ["SmtpHandler", "start"]
 
-# aiosmtpd's own replies, given enhanced status codes (RFC 3463) and counted as refusals
-_REWRITES: dict[str, str] = {
-    "530 Must issue a STARTTLS command first": "starttls_required",
-    "552 Error: Too much mail data": "too_large",
-    "552 Error: message size exceeds fixed maximum message size": "too_large",
-}
-_PROTOCOL_ERRORS = (
-    ("500 Line too long", "500 5.5.2 Line too long"),
-    ("500 Command line too long", "500 5.5.2 Command line too long"),
-    ("500 Error: bad syntax", "500 5.5.2 Syntax error"),
-)
 
-
-def _refuse(exc: MailRefused, **context: Any) -> str:
+def _refuse(exc: MailRefused, **context: Any) -> Refusal:
+    """Every refusal: one log line ``smtp.refused`` and ``digipoort_smtp_refused_total``."""
     metrics.SMTP_REFUSED.labels(exc.reason).inc()
     log.info("smtp.refused", reason=exc.reason, detail=exc.detail, **context)
-    return exc.reply()
+    return Refusal(exc.reply())
 
 
 class SmtpHandler:
@@ -97,7 +86,21 @@ class SmtpHandler:
         responses: list[str],
     ) -> list[str]:
         session.host_name = hostname
-        return [*responses[:-1], "250-ENHANCEDSTATUSCODES", responses[-1]]
+        # no AUTH line: there are no mechanisms (the client certificate authenticates)
+        kept = [r for r in responses[:-1] if not r.startswith("250-AUTH")]
+        return [*kept, "250-ENHANCEDSTATUSCODES", responses[-1]]
+
+    async def handle_exception(self, error: Exception) -> str:
+        """aiosmtpd's last resort: never a traceback or a class name in the reply."""
+        if isinstance(error, TLSSetupException):  # the STARTTLS handshake failed
+            cause = error.__cause__
+            reason = getattr(cause, "reason", None) or type(cause).__name__
+            metrics.SMTP_REFUSED.labels("tls_handshake").inc()
+            log.info("smtp.refused", reason="tls_handshake", detail=str(reason)[:200])
+            return ""  # aiosmtpd closes the connection; nothing is sent
+        metrics.SMTP_REFUSED.labels("internal_error").inc()
+        log.error("smtp.refused", reason="internal_error", exc_info=error)
+        return Refusal(MailRefused("internal_error").reply())
 
     async def handle_MAIL(
         self,
@@ -114,6 +117,8 @@ class SmtpHandler:
             refusal = ident if isinstance(ident, MailRefused) else None
             refusal = refusal or MailRefused("client_cert_required")
             return _refuse(refusal, peer=str(session.peer))
+        if any(not c.isprintable() for c in address):  # NUL, CR, bidi controls, ...
+            return _refuse(MailRefused("bad_mail_from"), sender_oin=ident.oin)
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 2.1.0 OK"
@@ -160,8 +165,7 @@ class SmtpHandler:
             return _refuse(MailRefused("unavailable"), error=str(exc), **ctx)
         except Exception as exc:  # never leak internals as aiosmtpd's "500 Error: ..."
             metrics.SMTP_MESSAGES.labels("error").inc()
-            log.exception("smtp.data_failed", **ctx)
-            return _refuse(MailRefused("unavailable"), error=type(exc).__name__, **ctx)
+            return _refuse(MailRefused("unavailable"), exc_info=exc, **ctx)
         metrics.SMTP_MESSAGES.labels("accepted").inc()
         log.info("smtp.accepted", kenmerk=kenmerk, **ctx)
         return f"250 2.0.0 OK: queued as kenmerk {kenmerk}"
@@ -267,9 +271,22 @@ class _Smtp(SMTP):
         super().__init__(*args, **kwargs)
         self._sessions = sessions
         self._counted = False
+        self._busy = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # Called for the TCP connection and again after STARTTLS (the TLS transport).
+        # The cap is decided here, synchronously, so no arrival pattern gets past it
+        # (deciding in the protocol factory lets a burst of accepts through).
         if not self._counted:
+            if self._sessions.active >= self._sessions.limit:
+                self._busy = True
+                metrics.SMTP_SESSIONS.labels("busy").inc()
+                peer = str(transport.get_extra_info("peername"))
+                reply = _refuse(MailRefused("busy"), peer=peer)
+                assert isinstance(transport, asyncio.WriteTransport)
+                transport.write(reply.encode() + b"\r\n")
+                transport.close()
+                return
             self._counted = True
             self._sessions.active += 1
             metrics.SMTP_ACTIVE.inc()
@@ -277,35 +294,35 @@ class _Smtp(SMTP):
         super().connection_made(transport)
 
     def connection_lost(self, error: Exception | None) -> None:
+        if self._busy:
+            return  # the session never started
         if self._counted:
             self._counted = False
             self._sessions.active -= 1
             metrics.SMTP_ACTIVE.dec()
         super().connection_lost(error)
 
+    def _peer(self) -> str:
+        return str(self.session.peer) if self.session else ""
+
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        if self._tls_protocol is not None:  # no nested handshake inside TLS
+            await self.push(_refuse(MailRefused("starttls_twice"), peer=self._peer()))
+            return
+        await super().smtp_STARTTLS(arg)
+
+    @syntax("AUTH <mechanism>")
+    async def smtp_AUTH(self, arg: str) -> None:
+        await self.push(_refuse(MailRefused("auth_not_supported"), peer=self._peer()))
+
     async def push(self, status: Any) -> None:
-        reason = _REWRITES.get(status) if isinstance(status, str) else None
-        if reason is not None:
-            peer = str(self.session.peer) if self.session else ""
-            status = _refuse(MailRefused(reason), peer=peer)
-        else:
-            for prefix, replacement in _PROTOCOL_ERRORS if isinstance(status, str) else ():
-                if status.startswith(prefix):
-                    status = replacement
-                    break
+        found = protocol_refusal(status) if isinstance(status, str) else None
+        if found is not None:  # one of aiosmtpd's own refusals
+            reason, reply = found
+            metrics.SMTP_REFUSED.labels(reason).inc()
+            log.info("smtp.refused", reason=reason, detail=status[:120], peer=self._peer())
+            status = reply
         await super().push(status)
-
-
-class _Busy(asyncio.Protocol):
-    """Answers 421 and closes: the session limit is reached."""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        metrics.SMTP_SESSIONS.labels("busy").inc()
-        metrics.SMTP_REFUSED.labels("busy").inc()
-        r = REFUSALS["busy"]
-        assert isinstance(transport, asyncio.WriteTransport)
-        transport.write(f"{r.code} {r.enhanced} {r.text}\r\n".encode())
-        transport.close()
 
 
 def verifiers(settings: Settings) -> tuple[CertificateVerifier, CertificateVerifier]:
@@ -346,8 +363,6 @@ async def start(gateway: Gateway) -> Callable[[], Awaitable[None]]:
     loop = asyncio.get_running_loop()
 
     def factory() -> asyncio.BaseProtocol:
-        if sessions.active >= sessions.limit:
-            return _Busy()
         return _Smtp(
             sessions,
             handler,
