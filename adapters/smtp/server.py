@@ -11,6 +11,7 @@ handed to intake, and only after intake committed answered ``250 2.0.0 ... kenme
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -25,6 +26,7 @@ from adapters.smtp.codes import MailRefused, Refusal, intake_refusal, protocol_r
 from adapters.smtp.flows import resolve_flow, smime_required
 from adapters.smtp.mime import ParsedMail, parse_mail
 from adapters.smtp.smime import SmimeInvalid, verify_detached
+from adapters.starttls import discard_buffered
 from digipoort.app import Gateway
 from digipoort.config import Settings
 from digipoort.envelope import Aanlevering, Document, Identiteit
@@ -291,6 +293,18 @@ class _Smtp(SMTP):
             self._sessions.active += 1
             metrics.SMTP_ACTIVE.inc()
             metrics.SMTP_SESSIONS.labels("opened").inc()
+        elif self._tls_protocol is not None:  # STARTTLS handshake done
+            # Plaintext pipelined behind STARTTLS is never run (CVE-2011-0411; aiosmtpd
+            # >= 1.4.6 discards it too, in super().connection_made).
+            pipelined = discard_buffered(self._reader)
+            if pipelined:
+                metrics.SMTP_REFUSED.labels("pipelined_before_tls").inc()
+                log.warning(
+                    "smtp.refused",
+                    reason="pipelined_before_tls",
+                    discarded=pipelined,
+                    peer=str(transport.get_extra_info("peername")),
+                )
         super().connection_made(transport)
 
     def connection_lost(self, error: Exception | None) -> None:
@@ -356,6 +370,9 @@ def tls_context(settings: Settings) -> ssl.SSLContext:
 
 async def start(gateway: Gateway) -> Callable[[], Awaitable[None]]:
     s = gateway.settings
+    # aiosmtpd's own stdlib log lines ("unrecognised: X", per-session info) repeat what
+    # our structured smtp.* lines say; keep only its errors.
+    logging.getLogger("mail.log").setLevel(logging.ERROR)
     tls_verifier, smime_verifier = verifiers(s)
     context = tls_context(s)
     handler = SmtpHandler(gateway, tls_verifier, smime_verifier)
