@@ -24,7 +24,14 @@ from typing import Any
 from adapters.smtp.codes import MailRefused
 from adapters.smtp.subject import SubjectFields, parse_subject
 
-__all__ = ["Attachment", "ParsedMail", "SignedPart", "parse_mail", "safe_filename"]
+__all__ = [
+    "Attachment",
+    "ParsedMail",
+    "SignedPart",
+    "parse_mail",
+    "raw_mail_limit",
+    "safe_filename",
+]
 
 MAX_HEADER_BYTES = 64 * 1024
 MAX_DEPTH = 8
@@ -74,6 +81,18 @@ class ParsedMail:
     @property
     def bijlagen(self) -> tuple[Attachment, ...]:
         return self.attachments[1:]
+
+
+#: room for the header section, text parts and MIME structure around the attachments
+MAIL_HEADROOM = 1024 * 1024
+
+
+def raw_mail_limit(max_decoded: int) -> int:
+    """The size a mail may have on the wire when its attachments may hold ``max_decoded``
+    bytes: base64 makes 4 octets of every 3 and adds CRLF after every 76 (RFC 2045), plus
+    :data:`MAIL_HEADROOM`. The decoded documents are then checked against the flow."""
+    encoded = -(-max_decoded // 3) * 4
+    return encoded + -(-encoded // 76) * 2 + MAIL_HEADROOM
 
 
 class _PartLimit(Exception):

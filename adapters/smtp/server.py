@@ -3,7 +3,10 @@
 aiosmtpd runs on the gateway's own event loop. Per session: STARTTLS before MAIL (530),
 a verified client certificate before MAIL (530/535), one flow address per mail (RCPT),
 SIZE advertised and enforced while reading DATA (aiosmtpd discards everything past the
-limit, so memory stays flat; 552). The message is parsed by the pure
+limit, so memory stays flat; 552). That raw limit is the base64 size of
+``smtp.max_message_bytes`` plus headroom (:func:`~adapters.smtp.mime.raw_mail_limit`);
+the decoded attachments must fit ``smtp.max_message_bytes`` and each document its flow's
+limit (intake). The message is parsed by the pure
 :func:`adapters.smtp.mime.parse_mail` in a worker thread, optionally S/MIME-verified,
 handed to intake, and only after intake committed answered ``250 2.0.0 ... kenmerk``.
 """
@@ -24,7 +27,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from adapters.smtp import metrics, store
 from adapters.smtp.codes import MailRefused, Refusal, intake_refusal, protocol_refusal
 from adapters.smtp.flows import resolve_flow, smime_required
-from adapters.smtp.mime import ParsedMail, parse_mail
+from adapters.smtp.mime import ParsedMail, parse_mail, raw_mail_limit
 from adapters.smtp.smime import SmimeInvalid, verify_detached
 from adapters.starttls import discard_buffered
 from digipoort.app import Gateway
@@ -179,6 +182,11 @@ class SmtpHandler:
         data = envelope.original_content or b""
         parsed = await asyncio.to_thread(parse_mail, data, max_parts=s.max_parts)
         ctx["message_id"] = (parsed.message_id or "")[:100]
+        decoded = sum(len(att.content) for att in parsed.attachments)
+        if decoded > s.max_message_bytes:  # each document: the flow's limit, at intake
+            raise MailRefused(
+                "too_large", f"attachments {decoded} bytes, at most {s.max_message_bytes}"
+            )
         if parsed.subject.v != ident.oin:
             raise MailRefused("sender_mismatch", f"V={parsed.subject.v}")
         assert self.gateway.registry is not None and self.gateway.intake is not None
@@ -383,7 +391,7 @@ async def start(gateway: Gateway) -> Callable[[], Awaitable[None]]:
         return _Smtp(
             sessions,
             handler,
-            data_size_limit=s.smtp.max_message_bytes,
+            data_size_limit=raw_mail_limit(s.smtp.max_message_bytes),
             hostname=s.smtp.domain,
             tls_context=context,
             require_starttls=True,
