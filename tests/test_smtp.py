@@ -376,3 +376,18 @@ async def test_submitter_of_the_cli(env: Env) -> None:
     )
     kenmerk = UUID(result["kenmerk"])
     await env.wait_status(kenmerk, "400", recipient=DOUANE)
+
+
+async def test_certificate_refusals_handshake_or_535(env: Env) -> None:
+    """What docs/smtp.md says: an expired or untrusted certificate fails the STARTTLS
+    handshake itself (the client sees a TLS error, the gateway logs and counts
+    tls_handshake); one that verifies in TLS but is revoked (CRL) gets 535 5.7.8 at MAIL."""
+    await env.start_gateway(components=COMPONENTS)
+    for who in ("expired", "untrusted"):
+        try:
+            await asyncio.to_thread(_raw_session, env, who, ["MAIL FROM:<a@b>"])
+        except (ssl.SSLError, smtplib.SMTPServerDisconnected, ConnectionError):
+            continue
+        raise AssertionError(f"{who}: the handshake succeeded")
+    [(code, text)] = await asyncio.to_thread(_raw_session, env, "revoked", ["MAIL FROM:<a@b>"])
+    assert code == 535 and text.startswith(b"5.7.8 Client certificate rejected: revoked")
