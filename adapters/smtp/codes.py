@@ -28,6 +28,7 @@ REFUSALS: Final[dict[str, _Reply]] = {
     "client_cert_required": _Reply(530, "5.7.0", "A client certificate is required"),
     "client_cert_rejected": _Reply(535, "5.7.8", "Client certificate rejected"),
     "busy": _Reply(421, "4.3.2", "Too many sessions, try again later"),
+    "timeout": _Reply(421, "4.4.2", "Idle too long, closing connection"),
     # addressing
     "unknown_flow_address": _Reply(550, "5.1.1", "Unknown flow address"),
     "too_many_recipients": _Reply(452, "4.5.3", "One flow address per message"),

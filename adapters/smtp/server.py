@@ -324,6 +324,13 @@ class _Smtp(SMTP):
             metrics.SMTP_ACTIVE.dec()
         super().connection_lost(error)
 
+    def _timeout_cb(self) -> None:  # aiosmtpd closes an idle session without a word
+        transport = self.transport
+        if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
+            reply = _refuse(MailRefused("timeout"), peer=self._peer())
+            transport.write(reply.encode() + b"\r\n")
+        super()._timeout_cb()  # type: ignore[no-untyped-call]
+
     def _peer(self) -> str:
         return str(self.session.peer) if self.session else ""
 

@@ -40,6 +40,7 @@ from tests.support import ALFA, DOUANE, Env, create_env, destroy_env, wait_for
 DOMAIN = "digipoort.test"
 EXE = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "digipoort"
 COMPONENTS = "intake,validator,router,smtp,pop3,smtpreturns,ftp"
+IDLE = 4  # seconds: the idle time-out of every protocol in the gateway process
 #: what a reply may never contain: exception class names, aiosmtpd's "Error:" texts
 LEAK = re.compile(rb"\(\w*(Error|Exception|Defect)\)|Error:|Traceback")
 
@@ -92,7 +93,11 @@ async def gateway(
     tmp_path_factory: pytest.TempPathFactory, pki_dir: Path, template_db: str
 ) -> AsyncIterator[Gateway]:
     env = await create_env(tmp_path_factory.mktemp("hostile"), pki_dir, template_db)
-    environ = dict(os.environ, DIGIPOORT_LOG_LEVEL="info")
+    environ = dict(
+        os.environ,
+        DIGIPOORT_LOG_LEVEL="info",
+        **{f"DIGIPOORT_{p}__TIMEOUT_SECONDS": str(IDLE) for p in ("SMTP", "POP3", "FTP")},
+    )
     proc = subprocess.Popen(
         [str(EXE), "serve", "--components", COMPONENTS, "--config", str(env.config_path)],
         env=environ,
@@ -360,6 +365,17 @@ async def test_smtp_mail(gateway: Gateway, data: bytes, want: bytes, reason: str
 
 
 # -- POP3 and FTP lines ----------------------------------------------------------------------
+def _smtp(gw: Gateway, line: bytes, *, tls: bool) -> bytes:
+    w = _smtp_tls(gw) if tls else Wire(gw.ports["smtp"])
+    try:
+        if not tls:
+            w.reply()
+        w.send(line)
+        return w.reply()
+    finally:
+        w.close()
+
+
 def _pop3(gw: Gateway, line: bytes, *, tls: bool) -> bytes:
     w = Wire(gw.ports["pop3"])
     try:
@@ -390,6 +406,10 @@ def _ftp(gw: Gateway, line: bytes, *, tls: bool) -> bytes:
 
 # (id, conversation, after TLS?, line, reply prefix, reason)
 LINES = [
+    ("smtp_idle_timeout", _smtp, False, b"", b"421 4.4.2", "timeout"),
+    ("smtp_idle_timeout_in_tls", _smtp, True, b"", b"421 4.4.2", "timeout"),
+    ("pop3_idle_timeout", _pop3, False, b"", b"-ERR [SYS/TEMP] timeout", "timeout"),
+    ("ftp_idle_timeout", _ftp, False, b"", b"421", "timeout"),
     ("pop3_line_too_long", _pop3, False, b"USER " + b"x" * 400 + b"\r\n", b"-ERR", "line_too_long"),
     ("pop3_user_before_stls", _pop3, False, b"USER x\r\n", b"-ERR [SYS/PERM]", "stls_required"),
     ("pop3_not_ascii", _pop3, False, b"US\xffR x\r\n", b"-ERR", "syntax"),
