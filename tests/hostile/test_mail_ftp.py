@@ -277,7 +277,8 @@ async def test_starttls_injection(
 SMTP_COMMANDS = [
     ("starttls_inside_tls", b"STARTTLS", b"503 5.5.1", "starttls_twice"),
     ("nul_in_mail_from", b"MAIL FROM:<a\x00b@x.test>", b"501 5.1.7", "bad_mail_from"),
-    ("bidi_in_mail_from", "MAIL FROM:<a\u202eb@x.test>".encode(), b"50", None),
+    ("ctrl_in_mail_from", b"MAIL FROM:<a\x01b@x.test>", b"501 5.1.7", "bad_mail_from"),
+    ("bidi_in_mail_from", "MAIL FROM:<a\u202eb@x.test>".encode(), b"500 5.5.2", "non_ascii"),
     ("auth_plain", b"AUTH PLAIN AGFiYwBkZWY=", b"502 5.5.1", "auth_not_supported"),
     ("unknown_command", b"XYZZY", b"500 5.5.1", "unknown_command"),
     ("rcpt_before_mail", b"RCPT TO:<a@b.test>", b"503 5.5.1", "sequence"),
@@ -293,9 +294,7 @@ SMTP_COMMANDS = [
 @pytest.mark.parametrize(
     ("command", "want", "reason"), [c[1:] for c in SMTP_COMMANDS], ids=[c[0] for c in SMTP_COMMANDS]
 )
-async def test_smtp_command(
-    gateway: Gateway, command: bytes, want: bytes, reason: str | None
-) -> None:
+async def test_smtp_command(gateway: Gateway, command: bytes, want: bytes, reason: str) -> None:
     def run() -> bytes:
         w = _smtp_tls(gateway)
         try:
@@ -304,10 +303,6 @@ async def test_smtp_command(
         finally:
             w.close()
 
-    if reason is None:  # aiosmtpd refuses non-ASCII itself; only the reply shape matters
-        reply = await asyncio.to_thread(run)
-        assert reply.startswith(want) and not LEAK.search(reply), reply
-        return
     await expect_refusal(gateway, "smtp", reason, run, want)
 
 
