@@ -435,6 +435,48 @@ async def test_line(
     await expect_refusal(gateway, proto, reason, lambda: conversation(gateway, line, tls=tls), want)
 
 
+# -- certificates the TLS handshake refuses ---------------------------------------------------
+_UPGRADE = {
+    "smtp": (b"EHLO x\r\nSTARTTLS\r\n", 2),
+    "pop3": (b"STLS\r\n", 0),
+    "ftp": (b"AUTH TLS\r\n", 0),
+}
+
+
+def _refused_handshake(gw: Gateway, proto: str, who: str) -> bytes:
+    """Upgrade with ``who``'s certificate; returns b"" when the server ended the TLS
+    session (at the handshake, or - TLS 1.3 - at the first read after it)."""
+    w = Wire(gw.ports[proto])
+    try:
+        w.line() if proto == "pop3" else w.reply()
+        command, replies = _UPGRADE[proto]
+        w.send(command)
+        for _ in range(replies or 1):
+            w.line() if proto == "pop3" else w.reply()
+        w.tls(gw.ctx(who))
+        w.send(b"NOOP\r\n")
+        return w.line()
+    except (ssl.SSLError, ConnectionError, EOFError):
+        return b""
+    finally:
+        w.close()
+
+
+# (id, protocol, certificate) - each must fail the handshake and be logged and counted
+TLS_REFUSED = [
+    (f"{p}_{who}", p, who) for p in ("smtp", "pop3", "ftp") for who in ("expired", "untrusted")
+]
+
+
+@pytest.mark.parametrize(
+    ("proto", "who"), [c[1:] for c in TLS_REFUSED], ids=[c[0] for c in TLS_REFUSED]
+)
+async def test_tls_handshake_refused(gateway: Gateway, proto: str, who: str) -> None:
+    await expect_refusal(
+        gateway, proto, "tls_handshake", lambda: _refused_handshake(gateway, proto, who), b""
+    )
+
+
 # -- the SMTP session cap under a burst ------------------------------------------------------
 async def test_smtp_session_cap_holds_under_a_burst(gateway: Gateway) -> None:
     """300 simultaneous connects against max_sessions = 100 (the default): exactly 100
