@@ -85,8 +85,9 @@ class Pop3Server:
             self._refused("timeout", peer, session.user)
             with contextlib.suppress(Exception):
                 writer.write(b"-ERR [SYS/TEMP] timeout\r\n")
-        except ssl.SSLError as exc:  # the STLS handshake failed: no reply possible
-            self._refused("tls_handshake", peer, session.user, error=exc.reason or "ssl_error")
+        except ssl.SSLError as exc:  # no reply possible
+            reason = "tls_error" if session.tls else "tls_handshake"  # during/after STLS
+            self._refused(reason, peer, session.user, error=exc.reason or "ssl_error")
         except (ConnectionError, asyncio.IncompleteReadError) as exc:
             log.info("pop3.connection_lost", peer=peer, error=type(exc).__name__)
         except Exception:
