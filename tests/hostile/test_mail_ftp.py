@@ -435,6 +435,53 @@ async def test_line(
     await expect_refusal(gateway, proto, reason, lambda: conversation(gateway, line, tls=tls), want)
 
 
+# -- FTP data connections ---------------------------------------------------------------------
+def _ftp_passive(gw: Gateway, source: str, connections: int) -> bytes:
+    """Log in, PASV, then open ``connections`` data connections from ``source``; returns
+    what the last one received (b"" when the server reset it)."""
+    w = Wire(gw.ports["ftp"])
+    socks: list[socket.socket] = []
+    try:
+        w.reply()
+        w.send(b"AUTH TLS\r\n")
+        w.reply()
+        w.tls(gw.ctx())
+        for line in (f"USER {ALFA}", "PASS x", "PBSZ 0", "PROT P", "EPSV"):
+            w.send(line.encode() + b"\r\n")
+            reply = w.reply()
+        port = int(re.search(rb"\(\|\|\|(\d+)\|\)", reply).group(1))  # type: ignore[union-attr]
+        for _ in range(connections):
+            socks.append(socket.create_connection(("127.0.0.1", port), 10, (source, 0)))
+        try:
+            return socks[-1].recv(1)
+        except ConnectionError:
+            return b""
+    finally:
+        for sock in socks:
+            sock.close()
+        w.close()
+
+
+# (id, source address, connections) - each aborted, logged and counted
+DATA_REFUSED = [
+    ("foreign_peer", "127.0.0.2", 1, "data_foreign_peer"),
+    ("second_connection", "127.0.0.1", 2, "data_second_connection"),
+]
+
+
+@pytest.mark.parametrize(
+    ("source", "connections", "reason"),
+    [c[1:] for c in DATA_REFUSED],
+    ids=[c[0] for c in DATA_REFUSED],
+)
+async def test_ftp_data_connection_refused(
+    gateway: Gateway, source: str, connections: int, reason: str
+) -> None:
+    await expect_refusal(
+        gateway, "ftp", reason, lambda: _ftp_passive(gateway, source, connections), b""
+    )
+
+
 # -- certificates the TLS handshake refuses ---------------------------------------------------
 _UPGRADE = {
     "smtp": (b"EHLO x\r\nSTARTTLS\r\n", 2),
