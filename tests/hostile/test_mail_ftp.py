@@ -524,43 +524,59 @@ async def test_tls_handshake_refused(gateway: Gateway, proto: str, who: str) -> 
     )
 
 
-# -- the SMTP session cap under a burst ------------------------------------------------------
-async def test_smtp_session_cap_holds_under_a_burst(gateway: Gateway) -> None:
-    """300 simultaneous connects against max_sessions = 100 (the default): exactly 100
-    greetings, 200 x 421 (before: 173 greetings, as the cap was decided in the protocol
-    factory, before connection_made)."""
-    limit = gateway.env.settings.smtp.max_sessions
-    assert limit == 100
-    port = gateway.ports["smtp"]
+# -- session caps under a burst ----------------------------------------------------------------
+# (protocol, conversation, greeting, refusal line, reason, QUIT's reply)
+BURSTS = [
+    ("smtp", _smtp, b"220", b"421 4.3.2", "busy", b"221"),
+    ("pop3", _pop3, b"+OK", b"-ERR [SYS/TEMP] too many sessions", "busy", b"+OK"),
+    ("ftp", _ftp, b"220", b"421", "too_many_sessions", b"221"),
+]
+
+
+@pytest.mark.parametrize(
+    ("proto", "conversation", "greeting", "refusal", "reason", "bye"),
+    BURSTS,
+    ids=[b[0] for b in BURSTS],
+)
+async def test_session_cap_holds_under_a_burst(
+    gateway: Gateway,
+    proto: str,
+    conversation: Callable[..., bytes],
+    greeting: bytes,
+    refusal: bytes,
+    reason: str,
+    bye: bytes,
+) -> None:
+    """300 simultaneous connects: exactly ``max_sessions`` greetings, the rest refused,
+    each refusal counted (SMTP before: 173 greetings with a cap of 100, as the cap was
+    decided in the protocol factory, before connection_made)."""
+    limit = getattr(gateway.env.settings, proto).max_sessions
+    before = await asyncio.to_thread(gateway.refused_total, proto, reason)
+    port = gateway.ports[proto]
 
     async def connect() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         return await asyncio.open_connection("127.0.0.1", port)
 
     conns = await asyncio.gather(*(connect() for _ in range(300)))
     try:
-        greetings = await asyncio.gather(*(asyncio.wait_for(r.readline(), 60) for r, _ in conns))
+        firsts = await asyncio.gather(*(asyncio.wait_for(r.readline(), 60) for r, _ in conns))
     finally:
         for _, w in conns:
             w.close()
-    ok = sum(g.startswith(b"220") for g in greetings)
-    busy = sum(g.startswith(b"421 4.3.2") for g in greetings)
+    ok = sum(g.startswith(greeting) for g in firsts)
+    busy = sum(g.startswith(refusal) for g in firsts)
     assert (ok, busy) == (limit, 300 - limit)
+    after = await asyncio.to_thread(gateway.refused_total, proto, reason)
+    assert after - before == 300 - limit
 
-    def served() -> bytes:
-        w = _smtp_tls(gateway)
+    async def released() -> bool:  # the closed sessions are given back
         try:
-            w.send(b"QUIT\r\n")
-            return w.reply()
-        finally:
-            w.close()
-
-    async def released() -> bool:
-        try:
-            return (await asyncio.to_thread(served)).startswith(b"221")
-        except (OSError, EOFError, AssertionError):
+            reply = await asyncio.to_thread(conversation, gateway, b"QUIT\r\n", tls=False)
+        except (OSError, EOFError):
             return False
+        return reply.startswith(bye)
 
-    await wait_for(released, timeout=30, what="a session after the burst")
+    await wait_for(released, timeout=30, what=f"a {proto} session after the burst")
 
 
 # -- the gateway survived all of it ------------------------------------------------------------
