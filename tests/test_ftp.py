@@ -588,10 +588,11 @@ async def test_digipoort_submit_via_ftp_command(env: Env, tmp_path: Path) -> Non
         lambda: subprocess.run(
             [str(exe), "submit", "--via", "ftp", "--config", str(env.config_path),
              "--cert", str(env.pki / f"{ALFA}.crt"), "--key", str(env.pki / f"{ALFA}.key"),
-             "--berichtsoort", "CBS-Detailhandel", str(src)],
+             "--berichtsoort", "CBS-Detailhandel", "--aanleverkenmerk", "K-cmd-1", str(src)],
             capture_output=True, text=True, timeout=60,
         )
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     kenmerk = uuid.UUID(done.stdout.strip().splitlines()[-1])
-    await env.wait_status(kenmerk, "301")
+    await env.wait_status(kenmerk, "301")  # before SITE MIME: 311, octet-stream for "K-cmd-1"
+    assert (await document_row(env, kenmerk))["bestandsnaam"] == "K-cmd-1"
