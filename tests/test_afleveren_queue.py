@@ -317,7 +317,7 @@ async def test_subscribe_command_stops_cleanly_on_sigterm(env: Env, urls: dict[s
         async def stored() -> bool:
             return (out / str(accepted.kenmerk) / "afleverRequest.json").exists()
 
-        await wait_for(stored, what="subscriber stored the message")
+        await wait_for(stored, timeout=60, what="subscriber stored the message")
         proc.send_signal(signal.SIGTERM)
         stdout, stderr = await asyncio.wait_for(proc.communicate(), timeout=20)
     finally:
