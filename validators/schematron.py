@@ -60,10 +60,15 @@ __all__ = [
 ALLOWED_PROTOCOLS: Final = "http://saxon.sf.net/feature/allowedProtocols"
 SVRL: Final = "http://purl.oclc.org/dsdl/svrl"
 #: SVRL reports are our own output, but still bounded (a 1 MB invoice fires many rules).
-SVRL_LIMITS: Final = XmlLimits(max_bytes=512 * 1024 * 1024, max_elements=20_000_000)
+SVRL_LIMITS: Final = XmlLimits(
+    max_bytes=512 * 1024 * 1024, max_elements=20_000_000, max_namespace_declarations=100_000
+)
 #: Stylesheets up to this size are compiled.
 MAX_STYLESHEET_BYTES: Final = 64 * 1024 * 1024
-STYLESHEET_LIMITS: Final = XmlLimits(max_bytes=MAX_STYLESHEET_BYTES, max_elements=5_000_000)
+# (compiled Schematron repeats xmlns:svrl on every SVRL instruction: thousands of them)
+STYLESHEET_LIMITS: Final = XmlLimits(
+    max_bytes=MAX_STYLESHEET_BYTES, max_elements=5_000_000, max_namespace_declarations=1_000_000
+)
 
 _lock = threading.Lock()
 _processor: Any = None
