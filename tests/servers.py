@@ -33,6 +33,8 @@ from pathlib import Path
 
 import aio_pika
 import asyncpg
+import pytest
+import pytest_asyncio
 
 from tests.support import Env, free_port
 
@@ -520,6 +522,26 @@ class OwnServers:
 async def own_servers() -> AsyncIterator[OwnServers]:
     async with rabbit_node() as node, pg_cluster() as pg:
         yield OwnServers(node, pg)
+
+
+@pytest_asyncio.fixture(name="servers", scope="module", loop_scope="session")
+async def servers_fixture() -> AsyncIterator[OwnServers]:
+    """A node and a cluster for the tests of one module (import this fixture there)."""
+    async with own_servers() as s:
+        yield s
+
+
+@pytest_asyncio.fixture(name="own_env", loop_scope="session")
+async def own_env_fixture(
+    servers: OwnServers, tmp_path_factory: pytest.TempPathFactory, pki_dir: Path
+) -> AsyncIterator[Env]:
+    """An environment (own database and vhost) on the module's own servers, started
+    again first if a previous test left one stopped."""
+    e = await servers.env(tmp_path_factory.mktemp("env"), pki_dir)
+    try:
+        yield e
+    finally:
+        await e.stop()  # database and vhost go with the servers at the end of the module
 
 
 def servers_available() -> bool:

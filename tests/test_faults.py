@@ -3,8 +3,8 @@ publisher confirm.
 
 Every test here runs the gateway on a RabbitMQ node and a PostgreSQL cluster of its own
 (tests/servers.py): the broker and database restarts happen to those, never to the
-machine's own servers. The fixtures ``servers`` and ``own_env`` are shared with
-tests/test_outages.py."""
+machine's own servers. The fixtures ``servers`` and ``own_env`` (tests/servers.py) are
+shared with tests/test_outages.py."""
 
 from __future__ import annotations
 
@@ -14,40 +14,25 @@ import signal
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator
-from pathlib import Path
 from uuid import UUID
 
 import pytest
-import pytest_asyncio
 from prometheus_client import REGISTRY
 
 from digipoort.broker import Broker
 from digipoort.envelope import Accepted
 from digipoort.intake import Intake, IntakeUnavailable
-from tests.servers import OwnServers, own_servers, servers_available
+from tests.servers import (  # noqa: F401 - fixtures
+    OwnServers,
+    own_env_fixture,
+    servers_available,
+    servers_fixture,
+)
 from tests.support import AMQP, BELASTINGDIENST, CBS, HBAG, PG_ADMIN, Env, aanlevering, wait_for
 
 pytestmark = pytest.mark.skipif(
     not servers_available(), reason="needs rabbitmq-server and PostgreSQL's initdb/pg_ctl"
 )
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def servers() -> AsyncIterator[OwnServers]:
-    async with own_servers() as s:
-        yield s
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def own_env(
-    servers: OwnServers, tmp_path_factory: pytest.TempPathFactory, pki_dir: Path
-) -> AsyncIterator[Env]:
-    e = await servers.env(tmp_path_factory.mktemp("env"), pki_dir)
-    try:
-        yield e
-    finally:
-        await e.stop()  # database and vhost go with the servers at the end of the module
 
 
 async def test_own_servers_start_stop_and_serve_a_gateway(
