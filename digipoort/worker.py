@@ -5,7 +5,7 @@ that are waiting, up to ``max_batch``), so one database transaction and one roun
 publishes serve many envelopes. A batch is acked only after the handler returned, i.e.
 after its results were committed and the next stage's messages confirmed.
 
-Two kinds of failure are told apart (:func:`is_outage`):
+Two kinds of failure are told apart (:func:`digipoort.outages.is_outage`):
 
 * **An outage** of PostgreSQL or RabbitMQ (connection refused or lost, a publish not
   confirmed or nacked, the server shutting down or starting up) is not a property of the
@@ -36,14 +36,12 @@ import time
 from collections.abc import Awaitable, Callable
 from uuid import UUID
 
-import asyncpg
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
-from aiormq.exceptions import AMQPError, ChannelInvalidStateError, DeliveryError
-from pamqp.commands import Basic
 
 from digipoort import metrics
 from digipoort.broker import WORK_QUEUES, Broker
+from digipoort.outages import describe_outage, is_outage
 
 log = structlog.get_logger(__name__)
 
@@ -63,63 +61,6 @@ Probe = Callable[[], Awaitable[bool]]
 
 class _Stopping(Exception):
     """The consumer was stopped while it held a batch through an outage."""
-
-
-_FILESYSTEM_ERRORS = (
-    FileNotFoundError,
-    FileExistsError,
-    IsADirectoryError,
-    NotADirectoryError,
-    PermissionError,
-)
-
-
-def _outage(exc: BaseException) -> bool:
-    if isinstance(exc, DeliveryError):
-        # Basic.Nack: the broker refused to take the message (queue full, node lost);
-        # Basic.Return (unroutable) is a property of the message
-        return isinstance(exc.frame, Basic.Nack)
-    if isinstance(exc, OSError):  # incl. ConnectionError, TimeoutError, AMQPConnectionError
-        return not isinstance(exc, _FILESYSTEM_ERRORS)
-    if isinstance(
-        exc,
-        (
-            asyncpg.PostgresConnectionError,  # incl. "connection does not exist"
-            asyncpg.exceptions.OperatorInterventionError,  # shutting down, starting up
-            asyncpg.exceptions.InsufficientResourcesError,  # too many connections, disk full
-            asyncpg.exceptions.ReadOnlySQLTransactionError,  # a standby, mid-failover
-            ChannelInvalidStateError,
-        ),
-    ):
-        return True
-    if isinstance(exc, asyncpg.InterfaceError):  # "connection is closed", "pool is closing"
-        return "clos" in str(exc)
-    return False
-
-
-def is_outage(exc: BaseException) -> bool:
-    """Whether ``exc`` (or what it was raised from) is an outage of the database or the
-    broker rather than a failure of the message itself."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if _outage(current):
-            return True
-        current = current.__cause__
-    return False
-
-
-def describe_outage(exc: BaseException) -> str:
-    """ "database" or "broker", for logs, metrics and /readyz."""
-    current: BaseException | None = exc
-    while current is not None:
-        if isinstance(current, (asyncpg.PostgresError, asyncpg.InterfaceError)):
-            return "database"
-        if isinstance(current, (AMQPError, ChannelInvalidStateError)):
-            return "broker"
-        current = current.__cause__
-    return "database or broker"
 
 
 class BatchConsumer:
@@ -157,6 +98,7 @@ class BatchConsumer:
         #: what the stage is waiting for during an outage ("database", "broker"), else None
         self.waiting_for: str | None = None
         self._outage_started = 0.0
+        self._outage_delay = 0.0
 
     async def _broker_up(self) -> bool:
         return self._broker.connected
@@ -244,43 +186,42 @@ class BatchConsumer:
             try:
                 await self._handler(kenmerken)
             except Exception as exc:
-                if not is_outage(exc):
-                    return exc
-                await self._wait_out(exc)
-            else:
-                return None
+                if is_outage(exc):
+                    await self._wait_out(exc)
+                    continue
+                self._resumed()  # the dependencies answered: this one is the message's
+                return exc
+            self._resumed()
+            return None
 
     async def _wait_out(self, exc: Exception) -> None:
-        """Wait until the probe says the dependencies are back (polling quickly, at most
-        every ``outage_poll`` seconds), then once more ``outage_poll`` at most before the
-        caller retries (a nacked publish is not visible to the probe)."""
-        what = describe_outage(exc)
+        """Wait until the probe says the dependencies answer. The wait between probes
+        grows from 0.1 s to ``outage_poll`` and stays there for the rest of the outage
+        (a nacked publish is invisible to the probe: the retry itself is the test)."""
         if self.waiting_for is None:
-            self.waiting_for = what
+            self.waiting_for = describe_outage(exc)
             self._outage_started = time.monotonic()
+            self._outage_delay = min(0.1, self._outage_poll)
             metrics.STAGE_WAITING.labels(self.stage).set(1)
             log.error(
                 "dependency unavailable; stage holds its work and waits",
                 stage=self.stage,
-                waiting_for=what,
+                waiting_for=self.waiting_for,
                 error=repr(exc),
             )
-        delay = min(0.1, self._outage_poll)
         while True:
             try:
-                await asyncio.wait_for(self._stopping.wait(), timeout=delay)
+                await asyncio.wait_for(self._stopping.wait(), timeout=self._outage_delay)
             except TimeoutError:
                 pass
             else:
                 raise _Stopping
-            delay = min(delay * 2, self._outage_poll)
+            self._outage_delay = min(self._outage_delay * 2, self._outage_poll)
             try:
-                up = await self._probe()
-            except Exception:
-                up = False
-            if up:
-                break
-        self._resumed()
+                if await self._probe():
+                    return
+            except Exception as probe_exc:
+                log.debug("probe failed", stage=self.stage, error=repr(probe_exc))
 
     def _resumed(self) -> None:
         if self.waiting_for is not None:

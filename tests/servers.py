@@ -179,6 +179,13 @@ class RabbitNode:
             await asyncio.sleep(0.3)
 
     async def _answers(self) -> bool:
+        try:  # a plain TCP connect first: aio-pika logs every refused attempt as an error
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection("127.0.0.1", self.amqp_port), 2
+            )
+        except (OSError, TimeoutError):
+            return False
+        writer.close()
         try:
             conn = await aio_pika.connect(self.amqp_url, timeout=2)
         except Exception:

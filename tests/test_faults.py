@@ -228,10 +228,16 @@ class Producer:
     """Submits Omzetbelasting envelopes until stopped and keeps every kenmerk it was
     given; a refusal (database down: no kenmerk) is only counted."""
 
-    def __init__(self, intake: Intake | None, berichtsoort: str = "Omzetbelasting") -> None:
+    def __init__(
+        self,
+        intake: Intake | None,
+        berichtsoort: str = "Omzetbelasting",
+        sample: str = "omzetbelasting.xml",
+    ) -> None:
         assert intake is not None
         self._intake = intake
         self._berichtsoort = berichtsoort
+        self._sample = sample
         self.accepted: list[Accepted] = []
         self.refused = 0
         self._stop = asyncio.Event()
@@ -240,7 +246,8 @@ class Producer:
     async def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                self.accepted.append(await self._intake.aanleveren(aanlevering(self._berichtsoort)))
+                a = aanlevering(self._berichtsoort, sample=self._sample)
+                self.accepted.append(await self._intake.aanleveren(a))
             except IntakeUnavailable:
                 self.refused += 1
                 await asyncio.sleep(0.05)
@@ -254,9 +261,13 @@ class Producer:
         await self._task
 
 
-async def wait_all_delivered(env: Env, accepted: list[Accepted], timeout: float = 180) -> None:
+async def wait_all_delivered(
+    env: Env, accepted: list[Accepted], *, count: int = 1, timeout: float = 180
+) -> None:
+    """Until every accepted envelope has its 400 for each of its ``count`` recipients."""
+
     async def all_delivered() -> bool:
-        return await count_400(env) >= len(accepted)
+        return await count_400(env) >= count * len(accepted)
 
     await wait_for(all_delivered, timeout=timeout, what="every accepted envelope delivered")
 

@@ -20,10 +20,10 @@ import pytest
 from pamqp.commands import Basic
 from prometheus_client import REGISTRY
 
-from digipoort import registry_store
+from digipoort import db, registry_store
 from digipoort.broker import DEAD_QUEUE
 from digipoort.intake import IntakeRefused
-from digipoort.worker import is_outage
+from digipoort.outages import is_outage
 from tests.servers import (  # noqa: F401 - fixtures
     OwnServers,
     own_env_fixture,
@@ -31,7 +31,7 @@ from tests.servers import (  # noqa: F401 - fixtures
     servers_fixture,
 )
 from tests.support import ALFA, BELASTINGDIENST, CBS, DNB, HBAG, Env, aanlevering, wait_for
-from tests.test_faults import Producer, assert_delivered_once, wait_all_delivered
+from tests.test_faults import Producer, assert_delivered_once, count_400, wait_all_delivered
 
 needs_servers = pytest.mark.skipif(
     not servers_available(), reason="needs rabbitmq-server and PostgreSQL's initdb/pg_ctl"
@@ -138,7 +138,7 @@ async def test_database_outage_longer_than_the_retry_budget_dead_letters_nothing
         components=("validator", "router", "deadletters"), serve_http=False
     )
     dead_before = _dead_lettered()
-    producer = Producer(front.intake, "CBS-Detailhandel")
+    producer = Producer(front.intake, "CBS-Detailhandel", "cbs-detailhandel.xml")
     await wait_for(lambda: producer.at_least(100), timeout=60, what="some submissions")
 
     await servers.pg.stop()
@@ -157,15 +157,25 @@ async def test_database_outage_longer_than_the_retry_budget_dead_letters_nothing
 
     await servers.pg.start()
     back_at = time.monotonic()
+    delivered_before = await count_400(env)
 
     async def resumed() -> bool:
         return not any(c.waiting_for for c in stages._consumers)
 
+    async def delivering() -> bool:
+        return await count_400(env) > delivered_before
+
     await wait_for(resumed, timeout=10, what="stages resuming")
     resumed_after = time.monotonic() - back_at
-    await wait_all_delivered(env, producer.accepted)
-    print(f"\ndatabase down {OUTAGE_SECONDS:.0f} s; stages resumed {resumed_after:.2f} s after")
+    await wait_for(delivering, timeout=10, what="deliveries after the outage")
+    first_after = time.monotonic() - back_at
+    await wait_all_delivered(env, producer.accepted, count=2)
+    print(
+        f"\ndatabase down {OUTAGE_SECONDS:.0f} s with {len(producer.accepted)} accepted;"
+        f" stages resumed {resumed_after:.2f} s, first delivery {first_after:.2f} s after"
+    )
     assert resumed_after < 2.0
+    assert first_after < 2.0
     await assert_delivered_once(env, producer.accepted, [CBS, HBAG])
     assert _dead_lettered() == dead_before
     assert await env.queue_depth(DEAD_QUEUE) == 0
@@ -204,7 +214,7 @@ async def test_registry_follows_changes_after_a_database_restart(
             b.copies = [DNB]
         if b.name == "CBS-Detailhandel":
             b.senders = [s for s in b.senders if s != ALFA]
-    conn = await asyncpg.connect(env.db_url)
+    conn = await db.connect(env.db_url)
     try:
         await registry_store.load_config(conn, cfg, actor="tests")
     finally:
@@ -273,11 +283,12 @@ async def test_front_stays_ready_through_a_broker_outage(servers: OwnServers, ow
 async def test_nacked_publishes_count_log_and_flip_readiness(
     servers: OwnServers, own_env: Env
 ) -> None:
-    """The broker refuses publishes to digipoort.route (a max-length 0 policy on our own
-    node): the validator cannot hand off → counted, logged, not ready, nothing lost."""
+    """The broker refuses publishes to digipoort.route (a max-length 1 policy with
+    reject-publish on our own node, no router consuming yet): the validator cannot hand
+    off → counted, logged, not ready; nothing lost once the policy goes."""
     env = own_env
     front = await env.start_gateway(components=("intake", "sweeper"))
-    stages = await env.start_gateway(components=("validator", "router"), serve_http=False)
+    validator = await env.start_gateway(components=("validator",), serve_http=False)
     assert front.intake is not None
     nacked_before = _nacked("digipoort.work")
     await servers.rabbit.ctl(
@@ -288,8 +299,14 @@ async def test_nacked_publishes_count_log_and_flip_readiness(
         "queues",
         "refuse",
         r"^digipoort\.route$",
-        json.dumps({"max-length": 0, "overflow": "reject-publish"}),
+        json.dumps({"max-length": 1, "overflow": "reject-publish"}),
     )
+
+    async def policy_applied() -> bool:
+        out = await servers.rabbit.ctl("list_queues", "-p", env.name, "name", "policy", "-q")
+        return any(line.split() == ["digipoort.route", "refuse"] for line in out.splitlines())
+
+    await wait_for(policy_applied, timeout=30, what="the policy on digipoort.route")
     try:
         accepted = [await front.intake.aanleveren(aanlevering("Omzetbelasting")) for _ in range(3)]
 
@@ -298,21 +315,33 @@ async def test_nacked_publishes_count_log_and_flip_readiness(
 
         await wait_for(refused, timeout=30, what="a nacked publish")
 
-        async def stage_not_ready() -> bool:
-            ok, checks = await stages.ready()
+        async def validator_not_ready() -> bool:
+            ok, checks = await validator.ready()
             return not ok and not checks["publishing"] and not checks["stages"]
 
-        await wait_for(stage_not_ready, timeout=10, what="the validator not ready")
-        assert (await front.ready())[0] is True  # intake's own publishes are confirmed
+        await wait_for(validator_not_ready, timeout=10, what="the validator not ready")
+        assert (await front.ready())[0] is True  # its own hand-offs to validate are confirmed
     finally:
-        await servers.rabbit.ctl("clear_policy", "-p", env.name, "refuse")
+        # lift the limit with a generous one (a quorum queue kept max-length 1 here after
+        # a plain clear_policy in our runs on RabbitMQ 3.10)
+        await servers.rabbit.ctl(
+            "set_policy",
+            "-p",
+            env.name,
+            "--apply-to",
+            "queues",
+            "refuse",
+            r"^digipoort\.route$",
+            json.dumps({"max-length": 1_000_000}),
+        )
+    await env.start_gateway(components=("router",), serve_http=False)
     await wait_all_delivered(env, accepted, timeout=60)
     await assert_delivered_once(env, accepted, [BELASTINGDIENST])
 
-    async def stages_ready() -> bool:
-        return (await stages.ready())[0]
+    async def validator_ready() -> bool:
+        return (await validator.ready())[0]
 
-    await wait_for(stages_ready, timeout=10, what="the validator ready again")
+    await wait_for(validator_ready, timeout=10, what="the validator ready again")
     assert await env.queue_depth(DEAD_QUEUE) == 0
 
 
@@ -326,3 +355,42 @@ def _dead_lettered() -> float:
 
 def _nacked(exchange: str) -> float:
     return REGISTRY.get_sample_value("digipoort_publish_nacked_total", {"exchange": exchange}) or 0
+
+
+# ---------------------------------------------------------------- WUS with the database down
+
+
+@needs_servers
+@pytest.mark.slow
+async def test_wus_logs_a_database_outage_as_such(
+    servers: OwnServers, own_env: Env, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The WS-Addressing replay check needs the database: while it is down a submission
+    gets the technical fault (ALS400, retry later) and the refusal says
+    ``database_unavailable``, not an internal error of ours."""
+    from adapters.wus.client import WusFault
+    from tests.test_wus import Wus, omzetbelasting_request
+
+    env = own_env
+    await env.start_gateway(components=("intake", "sweeper", "wus"))
+    wus = Wus(env, env.settings.wus.public_url)
+    before = _wus_refused("ALS400")
+    await servers.pg.stop()
+    try:
+        with pytest.raises(WusFault) as fault:
+            await wus.client().aanleveren(omzetbelasting_request())
+    finally:
+        await servers.pg.start()
+    assert fault.value.foutcode == "ALS400"
+    assert _wus_refused("ALS400") == before + 1
+    assert "wus.internal_error" not in capfd.readouterr().err
+
+
+def _wus_refused(code: str) -> float:
+    return (
+        REGISTRY.get_sample_value(
+            "digipoort_wus_requests_total",
+            {"operation": "aanleveren", "outcome": "refused", "foutcode": code},
+        )
+        or 0.0
+    )
