@@ -121,8 +121,9 @@ class BatchConsumer:
             handle.cancel()
         self._retries.clear()
         if self._channel is not None and self._consumer_tag is not None:
-            try:
-                await self._queue.cancel(self._consumer_tag)
+            try:  # bounded: during a broker outage there is nobody to answer
+                async with asyncio.timeout(5):
+                    await self._queue.cancel(self._consumer_tag)
             except Exception as exc:
                 log.warning("cancel consumer failed", error=str(exc))
         async with self._processing:  # wait for the batch in hand
@@ -132,7 +133,8 @@ class BatchConsumer:
             await asyncio.gather(self._task, return_exceptions=True)
         if self._channel is not None:
             try:
-                await self._channel.close()
+                async with asyncio.timeout(5):
+                    await self._channel.close()
             except Exception as exc:
                 log.debug("channel close failed", error=str(exc))
 

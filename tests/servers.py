@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import pwd
 import secrets
@@ -261,6 +262,14 @@ class RabbitNode:
         await self.ctl("reset")
         await self.ctl("join_cluster", other.nodename)
         await self.start_app()
+
+    async def set_policy(
+        self, vhost: str, name: str, pattern: str, definition: dict[str, object]
+    ) -> None:
+        """A queue policy on this node (e.g. ``{"max-length": 1}`` to make it refuse)."""
+        await self.ctl(
+            "set_policy", "-p", vhost, "--apply-to", "queues", name, pattern, json.dumps(definition)
+        )
 
     async def add_vhost(self, vhost: str) -> None:
         await self.ctl("add_vhost", vhost)

@@ -9,7 +9,6 @@ the long-outage test; the stages' retry backoff there is 1 s, so the old retry b
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import time
 from uuid import UUID
@@ -291,15 +290,9 @@ async def test_nacked_publishes_count_log_and_flip_readiness(
     validator = await env.start_gateway(components=("validator",), serve_http=False)
     assert front.intake is not None
     nacked_before = _nacked("digipoort.work")
-    await servers.rabbit.ctl(
-        "set_policy",
-        "-p",
-        env.name,
-        "--apply-to",
-        "queues",
-        "refuse",
-        r"^digipoort\.route$",
-        json.dumps({"max-length": 1, "overflow": "reject-publish"}),
+    route = r"^digipoort\.route$"
+    await servers.rabbit.set_policy(
+        env.name, "refuse", route, {"max-length": 1, "overflow": "reject-publish"}
     )
 
     async def policy_applied() -> bool:
@@ -324,16 +317,7 @@ async def test_nacked_publishes_count_log_and_flip_readiness(
     finally:
         # lift the limit with a generous one (a quorum queue kept max-length 1 here after
         # a plain clear_policy in our runs on RabbitMQ 3.10)
-        await servers.rabbit.ctl(
-            "set_policy",
-            "-p",
-            env.name,
-            "--apply-to",
-            "queues",
-            "refuse",
-            r"^digipoort\.route$",
-            json.dumps({"max-length": 1_000_000}),
-        )
+        await servers.rabbit.set_policy(env.name, "refuse", route, {"max-length": 1_000_000})
     await env.start_gateway(components=("router",), serve_http=False)
     await wait_all_delivered(env, accepted, timeout=60)
     await assert_delivered_once(env, accepted, [BELASTINGDIENST])
