@@ -9,11 +9,16 @@ shared with tests/test_outages.py."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import secrets
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from collections import Counter
+from pathlib import Path
 from uuid import UUID
 
 import pytest
@@ -24,6 +29,7 @@ from digipoort.envelope import Accepted
 from digipoort.intake import Intake, IntakeUnavailable
 from tests.servers import (  # noqa: F401 - fixtures
     OwnServers,
+    RabbitNode,
     own_env_fixture,
     servers_available,
     servers_fixture,
@@ -281,3 +287,23 @@ async def wait_all_delivered(
 
 def _handoff_failures() -> float:
     return REGISTRY.get_sample_value("digipoort_intake_handoff_failed_total") or 0.0
+
+
+@pytest.mark.slow
+async def test_own_rabbitmq_nodes_form_a_cluster() -> None:
+    """The building block of the cluster tests: two nodes of our own sharing a cookie
+    join into one cluster, and both go away afterwards."""
+    base = Path(tempfile.mkdtemp(prefix="dptest-rabbit-"))
+    cookie = secrets.token_hex(16)
+    first = RabbitNode(base, cookie=cookie, management=False)
+    second = RabbitNode(base, cookie=cookie, management=False)
+    try:
+        await asyncio.gather(first.start(), second.start())
+        await second.join(first)
+        status = await first.ctl("cluster_status", "--formatter", "json")
+        running = set(json.loads(status)["running_nodes"])
+        assert running == {first.nodename, second.nodename}
+    finally:
+        await asyncio.gather(first.remove(), second.remove())
+        shutil.rmtree(base, ignore_errors=True)
+    assert not first.running and not second.running
