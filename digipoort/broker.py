@@ -59,6 +59,10 @@ DEAD_REASON = "x-digipoort-reason"
 DEAD_DELIVERIES = "x-digipoort-deliveries"
 
 
+#: how long a nack keeps :attr:`Broker.publishing` false without a publish since
+NACK_MEMORY = 60.0
+
+
 def aflever_queue(oin: str) -> str:
     return f"digipoort.aflever.{oin}"
 
@@ -93,6 +97,7 @@ class Broker:
         self.topology_declared = False
         # since when publishes are refused (Basic.Nack), None while they are confirmed
         self._refused_since: float | None = None
+        self._last_nack = 0.0
 
     async def connect(self) -> None:
         self.connection = await aio_pika.connect_robust(
@@ -115,14 +120,18 @@ class Broker:
 
     @property
     def publishing(self) -> bool:
-        """False from a ``Basic.Nack`` until the next confirmed publish."""
-        return self._refused_since is None
+        """False from a ``Basic.Nack`` until the next confirmed publish — or until
+        :data:`NACK_MEMORY` seconds without a nack (a process that rarely publishes does not
+        stay "not ready" on an old refusal)."""
+        return self._refused_since is None or time.monotonic() - self._last_nack > NACK_MEMORY
 
     async def _publish(
         self, exchange: AbstractExchange, message: aio_pika.Message, routing_key: str, **kw: Any
     ) -> None:
-        """Publish and wait for the confirm; a nack is counted, logged and flips
-        :attr:`publishing` (and with it readiness) until a publish is confirmed again."""
+        """Publish and wait for the confirm. Every nack is counted
+        (``digipoort_publish_nacked_total``); the first of a run is logged as an error and
+        flips :attr:`publishing` (and with it readiness); the first confirm after it logs
+        the end of the run."""
         try:
             await exchange.publish(
                 message, routing_key=routing_key, timeout=self.publish_timeout, **kw
@@ -130,13 +139,14 @@ class Broker:
         except DeliveryError as exc:
             if isinstance(exc.frame, Basic.Nack):
                 metrics.PUBLISH_NACKED.labels(exchange.name).inc()
+                self._last_nack = time.monotonic()
                 if self._refused_since is None:
-                    self._refused_since = time.monotonic()
-                log.error(
-                    "publish refused by the broker (nack)",
-                    exchange=exchange.name,
-                    routing_key=routing_key,
-                )
+                    self._refused_since = self._last_nack
+                    log.error(
+                        "publishes refused by the broker (nack)",
+                        exchange=exchange.name,
+                        routing_key=routing_key,
+                    )
             raise
         if self._refused_since is not None:
             log.warning(
