@@ -32,10 +32,12 @@ class BrokerConfig(BaseModel):
     management_url: str = "http://guest:guest@127.0.0.1:15672"
     prefetch: int = 256
     delivery_limit: int = 5
-    # A stage that fails on a message waits before returning it to the queue: this long
-    # after the first failure, doubling each time (capped at 60 s), so a short database
-    # or broker outage does not exhaust the delivery limit and dead-letter healthy work.
+    # A message that fails (not an outage: see docs/reliability.md) returns to the queue
+    # after this long, doubling per delivery (capped at 60 s).
     retry_backoff_seconds: float = 2.0
+    # Through a database or broker outage a stage holds its work and probes this often
+    # (at most), resuming as soon as both answer.
+    outage_poll_seconds: float = 1.0
     # A publish not confirmed within this time counts as failed (the sweeper republishes).
     publish_timeout_seconds: float = 10.0
 
