@@ -115,6 +115,11 @@ def dev_init(
     )
 
 
+from digipoort.pki.devcli import add_dev_commands  # noqa: E402 - dev pki-server, dev revoke
+
+add_dev_commands(dev)
+
+
 # -- setup --------------------------------------------------------------------------------
 @main.command("setup")
 @config_option

@@ -21,6 +21,7 @@ import errno
 import json
 import os
 import re
+import signal
 import sys
 import tomllib
 import traceback
@@ -314,3 +315,15 @@ class DigipoortGroup(click.Group):
                 known = CliError(f"{name}: {exc} (run with --debug for the details)", "internal")
             fail(known)
         return None
+
+
+async def until_signalled() -> None:
+    """Return on SIGINT or SIGTERM (signal handlers only where the loop allows them)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass  # not the main thread (e.g. called from a test runner)
+    await stop.wait()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, Field
@@ -32,10 +32,12 @@ class BrokerConfig(BaseModel):
     management_url: str = "http://guest:guest@127.0.0.1:15672"
     prefetch: int = 256
     delivery_limit: int = 5
-    # A stage that fails on a message waits before returning it to the queue: this long
-    # after the first failure, doubling each time (capped at 60 s), so a short database
-    # or broker outage does not exhaust the delivery limit and dead-letter healthy work.
+    # A message that fails (not an outage: see docs/reliability.md) returns to the queue
+    # after this long, doubling per delivery (capped at 60 s).
     retry_backoff_seconds: float = 2.0
+    # Through a database or broker outage a stage holds its work and probes this often
+    # (at most), resuming as soon as both answer.
+    outage_poll_seconds: float = 1.0
     # A publish not confirmed within this time counts as failed (the sweeper republishes).
     publish_timeout_seconds: float = 10.0
 
@@ -49,13 +51,31 @@ class StorageConfig(BaseModel):
     aflever_inline_limit: int = 4 * 1024 * 1024
 
 
+class RevocationConfig(BaseModel):
+    """The process's revocation service (docs/pki.md, "Revocation")."""
+
+    # Fetch CRLs from certificates' CRL distribution points and ask OCSP responders (AIA).
+    fetch: bool = True
+    # Re-fetch each CRL / OCSP answer after this long (or before its nextUpdate if sooner).
+    refresh_seconds: float = Field(default=300.0, gt=0)
+    timeout_seconds: float = Field(default=5.0, gt=0)
+    max_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
+    # No current CRL or OCSP answer: refuse (production) or accept, log and count (dev).
+    unknown_status: Literal["fail_closed", "soft_fail"] = "fail_closed"
+
+
 class PkiConfig(BaseModel):
     ca_file: Path = Path("pki/ca.crt")
     crl_files: list[Path] = Field(default_factory=lambda: [Path("pki/ca.crl")])
     intermediates_file: Path | None = Path("pki/chain.pem")
     cert_file: Path = Path("pki/server.crt")
     key_file: Path = Path("pki/server.key")
+    # A participant's issuer must have a current CRL or OCSP answer (see unknown_status).
     require_crl: bool = True
+    revocation: RevocationConfig = Field(default_factory=RevocationConfig)
+    # `digipoort dev pki-server` / the `pkiserver` component: CRLs and OCSP of the dev PKI.
+    responder_host: str = "127.0.0.1"
+    responder_port: int = 8089
 
 
 class HttpConfig(BaseModel):
@@ -150,6 +170,17 @@ class LimitsConfig(BaseModel):
     max_xml_depth: int = 256
 
 
+class ValidationConfig(BaseModel):
+    """Validation profiles (docs/validation.md): where official artefacts are installed and
+    the worker processes that run the Schematron rules."""
+
+    artefacts_dir: Path = Path("standards")
+    # worker processes for Schematron; 0 = one per core
+    workers: int = Field(default=0, ge=0, le=64)
+    # findings listed in statusdetails at most
+    max_findings: int = Field(default=50, ge=1, le=1000)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="DIGIPOORT_", env_nested_delimiter="__", extra="ignore"
@@ -170,6 +201,7 @@ class Settings(BaseSettings):
     grote_berichten: GroteBerichtenConfig = Field(default_factory=GroteBerichtenConfig)
     intake: IntakeConfig = Field(default_factory=IntakeConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     log_level: str = "info"
     config_dir: Path = Path(".")

@@ -86,6 +86,9 @@ case "$mode" in
   serve)
     say "[4/4] development environment in $DEV_DIR, database, vhost, registry"
     [ -f "$DEV_DIR/digipoort.toml" ] || .venv/bin/digipoort dev init --dir "$DEV_DIR" >/dev/null
+    # validation artefacts (UBL 2.1, EN 16931, SI-UBL 2.0) from $DIGIPOORT_STANDARDS or
+    # ../shared/standards when present; otherwise it says how to install them
+    .venv/bin/digipoort standards dev --config "$DEV_DIR/digipoort.toml"
     .venv/bin/digipoort setup --config "$DEV_DIR/digipoort.toml"
     say "serving (Ctrl-C stops); config: $DEV_DIR/digipoort.toml"
     exec .venv/bin/digipoort serve --config "$DEV_DIR/digipoort.toml"

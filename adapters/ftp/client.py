@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from digipoort.clienterrors import ClientError, diagnose
+from adapters.ftp.paths import SNIFF_BYTES, mime_type_for
+from digipoort.clienterrors import CertificateRefused, ClientError, diagnose
 from digipoort.pki import certificate_file_oin, client_ssl_context
 
 __all__ = ["CLI", "FtpUploadError", "FtpsClient"]
@@ -80,6 +81,11 @@ class FtpsClient:
             if refused is not None:
                 raise refused from exc
             if isinstance(exc, ftplib.error_perm):
+                text = str(exc).strip()
+                if text.startswith("530") and "certificate" in text.lower():
+                    raise CertificateRefused(
+                        f"the gateway refused the certificate {self.cert.name}: {text}"
+                    ) from exc
                 raise _refusal(exc) from exc
             raise
         self.ftp = ftp
@@ -99,12 +105,19 @@ class FtpsClient:
         file: Path,
         *,
         name: str | None = None,
+        mime_type: str | None = None,
         progress: Callable[[int], None] | None = None,
         retries: int = 5,
     ) -> str:
-        """Upload and return the kenmerk; resumes with REST after a broken connection."""
+        """Upload and return the kenmerk; resumes with REST after a broken connection.
+
+        The MIME type (``mime_type``, else derived from the local file's name or content)
+        is announced with ``SITE MIME``: the remote name (the aanleverkenmerk) may have
+        no extension, so the server cannot derive it from that."""
         remote = f"/in/{berichtsoort}/{name or file.name}"
         total = file.stat().st_size
+        with open(file, "rb") as fh:
+            mime = mime_type or mime_type_for(file.name, fh.read(SNIFF_BYTES))
         attempt = 0
         while True:
             ftp = self.ftp or self.connect()
@@ -115,6 +128,7 @@ class FtpsClient:
                 with open(file, "rb") as fh:
                     fh.seek(offset)
                     ftp.voidcmd(f"ALLO {total}")
+                    ftp.voidcmd(f"SITE MIME {mime}")
                     resp = ftp.storbinary(
                         f"STOR {remote}",
                         fh,
@@ -184,7 +198,13 @@ class _Cli:
         size = file.stat().st_size
         with progress_bar(file.name, size) as advance:
             try:
-                kenmerk = client.upload(berichtsoort, file, name=aanleverkenmerk, progress=advance)
+                kenmerk = client.upload(
+                    berichtsoort,
+                    file,
+                    name=aanleverkenmerk,
+                    mime_type=mime_type or None,
+                    progress=advance,
+                )
             finally:
                 client.close()
         return {"kenmerk": kenmerk, "berichtsoort": berichtsoort, "bytes": size}
