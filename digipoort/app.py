@@ -260,6 +260,11 @@ class Gateway:
         log.info("gateway stopped")
 
 
+# Listen backlog of every TCP port: a burst of connects beyond the session caps must be
+# accepted and refused with the protocol's "busy" reply, not left waiting in SYN retries.
+LISTEN_BACKLOG = 1024
+
+
 def shares_ports() -> bool:
     """SO_REUSEPORT only for the worker processes of one ``serve --processes N``: any
     other second process on the same port fails to bind instead of silently sharing it."""
