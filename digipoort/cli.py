@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
-import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +23,7 @@ from digipoort.clikit import (
     run_async,
     settings_from,
     step,
+    stop_on_signals,
 )
 from digipoort.config import Settings
 
@@ -292,10 +291,7 @@ def serve(config_path: Path | None, components: str | None, processes: int) -> N
 
     async def go() -> None:
         gateway = Gateway(settings, components=names)
-        loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+        stop = stop_on_signals()
         try:
             await gateway.start()
         except BaseException:

@@ -317,8 +317,9 @@ class DigipoortGroup(click.Group):
         return None
 
 
-async def until_signalled() -> None:
-    """Return on SIGINT or SIGTERM (signal handlers only where the loop allows them)."""
+def stop_on_signals() -> asyncio.Event:
+    """An event set on SIGINT or SIGTERM (signal handlers only where the loop allows them).
+    Call from a coroutine of the running loop."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -326,4 +327,9 @@ async def until_signalled() -> None:
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, RuntimeError, ValueError):
             pass  # not the main thread (e.g. called from a test runner)
-    await stop.wait()
+    return stop
+
+
+async def until_signalled() -> None:
+    """Return on SIGINT or SIGTERM."""
+    await stop_on_signals().wait()

@@ -4,9 +4,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -28,6 +26,7 @@ from digipoort.clikit import (
     note,
     run_async,
     settings_from,
+    stop_on_signals,
     transfer_progress,
 )
 from digipoort.config import Settings
@@ -214,13 +213,7 @@ def subscribe(
             click.echo(line)
 
     async def go() -> int:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                loop.add_signal_handler(sig, stop.set)
-            except (NotImplementedError, RuntimeError, ValueError):
-                pass  # not the main thread (e.g. called from a test runner)
+        stop = stop_on_signals()
         await prerequisites.check_broker(
             amqp_url, setting="--amqp-url", env="$DIGIPOORT_SUBSCRIBER_AMQP_URL"
         )

@@ -15,11 +15,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import os
 import re
 import shutil
-import signal
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -46,6 +44,7 @@ from adapters.wus.soap import (
     parse_envelope,
 )
 from adapters.wus.wssecurity import WSSecurityError, sign_envelope, verify_envelope
+from digipoort.clikit import stop_on_signals
 from digipoort.httpguard import GuardedSite, HttpGuard, HttpGuardConfig
 from digipoort.pki import (
     CertificateRejected,
@@ -273,11 +272,7 @@ def aflever_server(
     server = AfleverServer(cert, key, ca, out, intermediates)
 
     async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(sig, stop.set)
+        stop = stop_on_signals()
         await server.start(host, port)
         click.echo(f"AfleverService on https://{host}:{port}/ writing to {out}")
         await stop.wait()
