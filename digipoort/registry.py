@@ -12,7 +12,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-KOPPELVLAKKEN = ("wus", "smtp", "ftp")
+KOPPELVLAKKEN = ("wus", "smtp", "ftp", "portal")
 
 
 def _check_oin(value: str) -> str:

@@ -1,0 +1,59 @@
+"""The ``portal`` component: HTTPS with mutual TLS on ``portal.port`` (default 8444).
+
+TLS and certificate checks come from the gateway's PKI settings, exactly as for the
+koppelvlakken: the handshake refuses untrusted, expired and revoked certificates, and
+CRLs are re-read while running (:mod:`portal.tls`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import structlog
+from aiohttp import web
+
+from digipoort.app import Gateway
+from digipoort.xmlsafe import XmlLimits
+from portal.app import application
+from portal.context import Context
+from portal.tls import PortalTls
+from portal.validation import Validator
+from validators.schemas import SchemaRegistry
+
+log = structlog.get_logger(__name__)
+
+
+def build_context(gateway: Gateway) -> Context:
+    s = gateway.settings
+    assert gateway.pool and gateway.registry and gateway.store
+    return Context(
+        settings=s,
+        pool=gateway.pool,
+        store=gateway.store,
+        registry_holder=gateway.registry,
+        intake=gateway.intake,
+        validator=Validator(
+            SchemaRegistry([s.config_dir / "xsd"]),
+            XmlLimits(max_bytes=s.limits.max_document_bytes, max_depth=s.limits.max_xml_depth),
+        ),
+    )
+
+
+async def start(gateway: Gateway) -> Callable[[], Awaitable[None]]:
+    s = gateway.settings
+    tls = PortalTls(s)
+    app = application(build_context(gateway), tls.verifier)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(
+        runner, s.portal.host, s.portal.port, ssl_context=tls.context, reuse_port=True
+    )
+    await site.start()
+    await tls.start()
+    log.info("portal.listening", host=s.portal.host, port=s.portal.port)
+
+    async def stop() -> None:
+        await tls.stop()
+        await runner.cleanup()
+
+    return stop

@@ -1,0 +1,62 @@
+"""Small helpers shared by the page and API handlers."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from uuid import UUID
+
+from aiohttp import web
+
+from portal.context import Context
+from portal.envelopes import parse_kenmerk
+from portal.middleware import CSRF_KEY, Csrf
+from portal.problems import Problem
+
+CTX_KEY = web.AppKey("portal_ctx", Context)
+MAX_JSON = 64 * 1024
+
+
+def ctx_of(request: web.Request) -> Context:
+    return request.app[CTX_KEY]
+
+
+def csrf_of(request: web.Request) -> Csrf:
+    return request.app[CSRF_KEY]
+
+
+def query(request: web.Request) -> dict[str, str]:
+    return {k: v for k, v in request.query.items()}
+
+
+def kenmerk_param(request: web.Request) -> UUID:
+    return parse_kenmerk(request.match_info["kenmerk"])
+
+
+def seq_param(request: web.Request) -> int:
+    raw = request.match_info["seq"]
+    if not raw.isdigit() or int(raw) > 1000:
+        raise Problem(404, "not-found", "document niet gevonden")
+    return int(raw)
+
+
+async def json_body(request: web.Request) -> dict[str, Any]:
+    if request.content_type != "application/json":
+        raise Problem(415, "json-expected", "verwacht application/json")
+    if request.content_length is not None and request.content_length > MAX_JSON:
+        raise Problem(413, "too-large", "verzoek te groot")
+    raw = await request.content.read(MAX_JSON + 1)
+    if len(raw) > MAX_JSON:
+        raise Problem(413, "too-large", "verzoek te groot")
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise Problem(400, "bad-json", "ongeldige JSON") from None
+    if not isinstance(data, dict):
+        raise Problem(400, "bad-json", "verwacht een JSON-object")
+    return data
+
+
+def multipart_expected(request: web.Request) -> None:
+    if request.content_type != "multipart/form-data":
+        raise Problem(415, "multipart-expected", "verwacht multipart/form-data")
