@@ -12,8 +12,7 @@ from digipoort.pki import CertificateVerifier
 from portal import api, pages
 from portal.context import Context
 from portal.identity import Caller, caller_of
-from portal.middleware import Csrf, RateLimiter, build_middlewares
-from portal.middleware import CSRF_KEY
+from portal.middleware import CSRF_KEY, Csrf, RateLimiter, build_middlewares
 from portal.web import CTX_KEY
 
 STATIC = Path(__file__).resolve().parent / "static"
