@@ -208,16 +208,18 @@ async def test_operator_search_repush_audit_and_metering(run: PortalRun) -> None
             headers=headers,
         ) as r:
             assert r.status == 200, await r.text()
-        row = await conn.fetchrow(
-            "SELECT state, attempts FROM deliveries WHERE kenmerk = $1 AND recipient_oin = $2",
-            uuid.UUID(kenmerk),
-            HBAG,
-        )
-        assert row["attempts"] == 0 and row["state"] in ("pending", "failed")
-        audit = await get_json(op, "/api/v1/audit")
-        assert audit["items"][0]["action"] == "repush"
-        assert audit["items"][0]["reason"] == "endpoint hersteld"
-        assert audit["items"][0]["operator"] == "00000099300000020000"
+        # the deliverer is woken and tries again (HBAG has no push endpoint: a new 420)
+        await env.wait_status(uuid.UUID(kenmerk), "420", recipient=HBAG)
+        async with op.post(
+            path, json={"recipient": HBAG, "reason": "nog eens", "confirm": True}, headers=headers
+        ) as r:
+            assert r.status == 409  # pending again: nothing to re-push
+        audit = (await get_json(op, "/api/v1/audit"))["items"]
+        assert [(a["action"], a["reason"], a["outcome"]) for a in audit] == [
+            ("repush", "nog eens", "nothing to do"),
+            ("repush", "endpoint hersteld", "done"),
+        ]
+        assert {a["operator"] for a in audit} == {"00000099300000020000"}
         meter = await get_json(op, "/api/v1/metering")
         lines = {x["organisation"]: x for x in meter["lines"]}
         assert lines[ALFA]["aangeleverd"] == 1 and lines[ALFA]["amount_eur"] != "0.00"

@@ -71,7 +71,7 @@ def axe_script() -> Path:
     return target
 
 
-@pytest_asyncio.fixture(loop_scope="session")
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def browser() -> AsyncIterator[Browser]:
     async with async_playwright() as p:
         b = await p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
