@@ -11,7 +11,7 @@ from aiohttp import web
 from portal import envelopes, metering, operator, recipients, submission
 from portal.envelopes import Page
 from portal.livestate import live_state
-from portal.middleware import CSRF_HEADER, caller
+from portal.middleware import caller
 from portal.openapi import document as openapi_document
 from portal.problems import Problem, clean_text
 from portal.web import (
@@ -19,9 +19,9 @@ from portal.web import (
     ctx_of,
     json_body,
     kenmerk_param,
-    multipart_expected,
     query,
     seq_param,
+    upload_from,
 )
 
 PREFIX = "/api/v1"
@@ -109,26 +109,14 @@ async def download(request: web.Request) -> web.StreamResponse:
     return response
 
 
-async def _upload(request: web.Request, *, in_memory: bool) -> submission.Upload:
-    multipart_expected(request)
-    return await submission.read_upload(
-        await request.multipart(),
-        ctx_of(request),
-        caller(request),
-        csrf_of(request),
-        request.headers.get(CSRF_HEADER),
-        in_memory=in_memory,
-    )
-
-
 async def submit(request: web.Request) -> web.Response:
-    upload = await _upload(request, in_memory=False)
+    upload = await upload_from(request, in_memory=False)
     result = await submission.submit(ctx_of(request), caller(request), upload)
     return web.json_response(result, status=201)
 
 
 async def validate(request: web.Request) -> web.Response:
-    upload = await _upload(request, in_memory=True)
+    upload = await upload_from(request, in_memory=True)
     findings = await submission.validate_only(ctx_of(request), caller(request), upload)
     return web.json_response({"valid": not findings, "findings": findings})
 

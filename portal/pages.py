@@ -8,9 +8,9 @@ from aiohttp import web
 from portal import envelopes, metering, operator, recipients, submission
 from portal.api import download
 from portal.livestate import live_state
-from portal.middleware import CSRF_HEADER, caller, render
+from portal.middleware import caller, render
 from portal.problems import Problem, clean_text
-from portal.web import csrf_of, ctx_of, kenmerk_param, multipart_expected, query
+from portal.web import ctx_of, kenmerk_param, query, upload_from
 
 
 async def home(request: web.Request) -> web.StreamResponse:
@@ -38,18 +38,6 @@ async def envelope(request: web.Request) -> web.Response:
     return render(request, "envelope.html", {"e": data, "done": request.query.get("done")})
 
 
-async def _upload(request: web.Request, *, in_memory: bool) -> submission.Upload:
-    multipart_expected(request)
-    return await submission.read_upload(
-        await request.multipart(),
-        ctx_of(request),
-        caller(request),
-        csrf_of(request),
-        request.headers.get(CSRF_HEADER),
-        in_memory=in_memory,
-    )
-
-
 def _portal_soorten(request: web.Request) -> list[str]:
     return ctx_of(request).registry.berichtsoorten_for_sender(
         caller(request).oin, submission.KOPPELVLAK
@@ -61,7 +49,7 @@ async def submit_form(request: web.Request) -> web.Response:
 
 
 async def submit(request: web.Request) -> web.StreamResponse:
-    upload = await _upload(request, in_memory=False)
+    upload = await upload_from(request, in_memory=False)
     try:
         result = await submission.submit(ctx_of(request), caller(request), upload)
     except Problem as exc:
@@ -82,7 +70,7 @@ async def validate_form(request: web.Request) -> web.Response:
 
 
 async def validate(request: web.Request) -> web.Response:
-    upload = await _upload(request, in_memory=True)
+    upload = await upload_from(request, in_memory=True)
     findings = await submission.validate_only(ctx_of(request), caller(request), upload)
     soorten = ctx_of(request).registry.berichtsoorten_for_sender(caller(request).oin)
     result = {

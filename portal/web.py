@@ -7,11 +7,14 @@ from typing import Any
 from uuid import UUID
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from portal.context import Context
 from portal.envelopes import parse_kenmerk
-from portal.middleware import CSRF_KEY, Csrf
+from portal.identity import Caller
+from portal.middleware import CSRF_HEADER, CSRF_KEY, Csrf
 from portal.problems import Problem
+from portal.submission import Upload, read_upload
 
 CTX_KEY = web.AppKey("portal_ctx", Context)
 MAX_JSON = 64 * 1024
@@ -57,6 +60,20 @@ async def json_body(request: web.Request) -> dict[str, Any]:
     return data
 
 
-def multipart_expected(request: web.Request) -> None:
+async def upload_from(request: web.Request, *, in_memory: bool) -> Upload:
+    """The multipart upload form of a submit or validate request (pages and API)."""
     if request.content_type != "multipart/form-data":
         raise Problem(415, "multipart-expected", "verwacht multipart/form-data")
+    c = request.get("caller")
+    assert isinstance(c, Caller)
+    try:
+        return await read_upload(
+            await request.multipart(),
+            ctx_of(request),
+            c,
+            csrf_of(request),
+            request.headers.get(CSRF_HEADER),
+            in_memory=in_memory,
+        )
+    except (HttpProcessingError, ValueError, UnicodeDecodeError) as exc:
+        raise Problem(400, "bad-form", "ongeldig multipart-formulier") from exc
