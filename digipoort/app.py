@@ -25,7 +25,7 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 
-from digipoort import db, metrics, opsmetrics
+from digipoort import db, httpguard, metrics, opsmetrics
 from digipoort.broker import Broker
 from digipoort.config import Settings, redact_url
 from digipoort.intake import Intake
@@ -195,8 +195,13 @@ class Gateway:
         app.router.add_get("/metrics", metrics_view)
         self._http = web.AppRunner(app, access_log=None)
         await self._http.setup()
-        site = web.TCPSite(
-            self._http, self.settings.http.host, self.settings.http.port, reuse_port=True
+        guard = httpguard.HttpGuard("metrics", httpguard.METRICS_PORT)
+        site = httpguard.GuardedSite(
+            self._http,
+            self.settings.http.host,
+            self.settings.http.port,
+            guard=guard,
+            reuse_port=True,
         )
         await site.start()
 

@@ -67,9 +67,16 @@ class WusConfig(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8443
     public_url: str = "https://localhost:8443"
+    # Further public base URLs accepted in wsa:To (a gateway reached under several names).
+    accepted_urls: list[str] = []
     allow_sha1: bool = True
     max_clock_skew_seconds: int = 300
     max_request_bytes: int = 30 * 1024 * 1024
+    # HTTP guard (docs/wus-security.md): headers due within this after connect / first byte,
+    # idle kept-alive connections closed after idle_timeout, open connections per client IP.
+    header_timeout_seconds: float = 15.0
+    idle_timeout_seconds: float = 60.0
+    max_connections_per_ip: int = 100
     # The Aansluit Suite stub: berichtsoort TEST, aanleverkenmerk selects a scenario.
     conformance: bool = True
 

@@ -134,7 +134,14 @@ def sign_all(client: WusClient, count: int, size: int) -> list[bytes]:
 
 
 async def run(env: Env, pki: Path, count: int, rate: float, size: int) -> dict[str, float]:
-    base_env = {**os.environ, "DIGIPOORT_HTTP__PORT": "0", "DIGIPOORT_LOG_LEVEL": "warning"}
+    base_env = {
+        **os.environ,
+        "DIGIPOORT_HTTP__PORT": "0",
+        "DIGIPOORT_LOG_LEVEL": "warning",
+        # one load generator address drives up to 512 connections (the per-IP guard's default
+        # is 100: a real deployment sees many client addresses)
+        "DIGIPOORT_WUS__MAX_CONNECTIONS_PER_IP": "1024",
+    }
     cli = [sys.executable, "-m", "digipoort.cli", "serve", "--config", str(env.config_path)]
     front = await asyncio.create_subprocess_exec(
         *cli, "--components", "intake,sweeper,wus", env=base_env

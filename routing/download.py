@@ -10,6 +10,8 @@ by a recipient is recorded in the envelope's history (status 402).
 
 from __future__ import annotations
 
+import re
+from typing import Final
 from uuid import UUID
 
 import asyncpg
@@ -26,6 +28,9 @@ from routing.grote_berichten import RangeNotSatisfiable, parse_range
 log = structlog.get_logger(__name__)
 
 PATH = "/grote-berichten/{kenmerk}/{seq}"
+#: Documents of one envelope are numbered 0..MAX_SEQ (``gb_references.seq`` is a smallint).
+MAX_SEQ: Final = 32767
+_SEQ: Final = re.compile(r"[0-9]{1,5}")
 FETCHES = Counter(
     "digipoort_grote_berichten_fetches_total",
     "Grote Berichten download requests, by outcome.",
@@ -34,6 +39,17 @@ FETCHES = Counter(
 FETCHED_BYTES = Counter(
     "digipoort_grote_berichten_bytes_total", "Bytes served by the Grote Berichten endpoint."
 )
+
+
+def parse_reference_path(kenmerk: str, seq: str) -> tuple[UUID, int] | None:
+    """(kenmerk, seq) of a download path; None for anything that names no document: a
+    malformed kenmerk, a seq that is not ASCII digits or beyond ``smallint``."""
+    if not _SEQ.fullmatch(seq) or int(seq) > MAX_SEQ:
+        return None
+    try:
+        return UUID(kenmerk), int(seq)
+    except ValueError:
+        return None
 
 
 class Download:
@@ -67,11 +83,11 @@ class Download:
         if oin is None:
             log.info("grote berichten: unauthenticated fetch refused")
             return self._refuse(401, "unauthenticated", "client certificate required")
-        try:
-            kenmerk = UUID(request.match_info["kenmerk"])
-            seq = int(request.match_info["seq"])
-        except ValueError:
+        reference = parse_reference_path(request.match_info["kenmerk"], request.match_info["seq"])
+        if reference is None:
+            log.info("grote berichten: no such reference", path=request.path[:200])
             return self._refuse(404, "not_found", "no such reference")
+        kenmerk, seq = reference
         row = await self._pool.fetchrow(
             "SELECT r.sha256, r.size, r.expires_at < now() AS expired,"
             " EXISTS (SELECT 1 FROM deliveries d WHERE d.kenmerk = r.kenmerk"

@@ -120,7 +120,9 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     if not sep:
         raise RangeNotSatisfiable("malformed range")
     first, last = first.strip(), last.strip()
-    if (first and not first.isdigit()) or (last and not last.isdigit()) or not (first or last):
+    # ASCII digits only: str.isdigit() also takes "²", which int() then refuses
+    digits = (first + last).isascii() and all(p.isdigit() for p in (first, last) if p)
+    if not digits or not (first or last):
         raise RangeNotSatisfiable("malformed range")
     if not first:  # suffix: the last n bytes
         n = int(last)

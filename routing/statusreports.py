@@ -89,8 +89,10 @@ def parse_zet_status(body: bytes) -> ZetStatus:
         ts = datetime.fromisoformat(_text(root, _Q + "tijdstempelStatus") or "")
     except ValueError:
         raise Refused("malformed", "tijdstempelStatus is not an xsd:dateTime") from None
-    if ts.tzinfo is None:
-        ts = ts.replace(tzinfo=UTC)
+    try:  # a valid xs:dateTime may lie outside years 1..9999 in UTC (database range)
+        ts = (ts if ts.tzinfo else ts.replace(tzinfo=UTC)).astimezone(UTC)
+    except OverflowError:
+        raise Refused("malformed", "tijdstempelStatus is out of range") from None
     return ZetStatus(
         kenmerk=kenmerk,
         statuscode=code,

@@ -22,7 +22,7 @@ from digipoort.payloads import PayloadStore
 from digipoort.pki import CertificateVerifier
 from digipoort.pki.tls import client_ssl_context, server_ssl_context
 from routing.afleverrequest import NS
-from routing.download import Download
+from routing.download import Download, parse_reference_path
 from routing.grote_berichten import (
     REFERENCE_MIME_TYPE,
     RangeNotSatisfiable,
@@ -168,6 +168,8 @@ async def test_only_the_recipient_may_fetch(env: Env, gb: tuple[Gateway, Server]
         "bytes=a-b",
         "bytes=--5",
         "bytes=" + "9" * 300,
+        "bytes=²-",  # str.isdigit() but not int(): was a 500 with a traceback
+        "bytes=0-١",
     ],
 )
 async def test_tampered_range_gets_416(env: Env, gb: tuple[Gateway, Server], header: str) -> None:
@@ -265,3 +267,23 @@ async def test_subscriber_follows_reference_resumes_and_verifies(env: Env, tmp_p
         await env.wait_status(accepted.kenmerk, "402", recipient=BELASTINGDIENST)
     finally:
         await runner.cleanup()
+
+
+@pytest.mark.parametrize(
+    ("kenmerk", "seq", "expected"),
+    [
+        ("00000000-0000-0000-0000-000000000001", "0", 0),
+        ("00000000-0000-0000-0000-000000000001", "32767", 32767),
+        ("00000000-0000-0000-0000-000000000001", "32768", None),  # beyond smallint
+        ("00000000-0000-0000-0000-000000000001", "99999999999", None),
+        ("00000000-0000-0000-0000-000000000001", "٣", None),  # int() takes it
+        ("00000000-0000-0000-0000-000000000001", "-1", None),
+        ("00000000-0000-0000-0000-000000000001", " 1", None),
+        ("not-a-kenmerk", "0", None),
+    ],
+)
+def test_reference_paths_outside_the_table_name_nothing(
+    kenmerk: str, seq: str, expected: int | None
+) -> None:
+    parsed = parse_reference_path(kenmerk, seq)
+    assert (parsed[1] if parsed else None) == expected

@@ -26,8 +26,10 @@ from adapters.wus.soap import (
     operation_for_action,
     parse_envelope,
 )
+from adapters.wus.zetstatus import EXTRA_OPERATIONS
 
 SPECS = Path("/work/shared/specs/wus")
+OUR_WSDLS = Path(__file__).resolve().parents[1] / "adapters/wus/specs/wsdl"
 OBSERVED = SPECS / "observed"
 needs_specs = pytest.mark.skipif(not SPECS.is_dir(), reason="shared specs not available")
 
@@ -440,3 +442,20 @@ def test_error_messages_are_short() -> None:
     with pytest.raises(SoapError) as info:
         parse_envelope(_envelope(headers=f"<my:{'X' * 5000} xmlns:my='urn:my'/>"))
     assert len(str(info.value)) < 300
+
+
+@pytest.mark.parametrize("wsdl", sorted(p.name for p in OUR_WSDLS.glob("*.wsdl")))
+def test_wcf_actions_from_the_port_type_name_are_operations_in_that_form(wsdl: str) -> None:
+    """WCF/svcutil derive actions from the portType name (``AanleverService_V1_2``)."""
+    tree = etree.parse(str(OUR_WSDLS / wsdl))
+    ns = {"wsdl": "http://schemas.xmlsoap.org/wsdl/"}
+    target_ns = tree.getroot().get("targetNamespace")
+    (port_type,) = tree.xpath("//wsdl:portType/@name", namespaces=ns)
+    names = tree.xpath("//wsdl:portType/wsdl:operation/@name", namespaces=ns)
+    assert names
+    for name in names:
+        wcf = f"{target_ns}{port_type}/{name}"
+        op = operation_for_action(wcf + "Request") or EXTRA_OPERATIONS.get(wcf + "Request")
+        assert op is not None, wcf
+        assert op.name == name
+        assert (op.response_action, op.fault_action) == (wcf + "Response", wcf + "/Fault/")

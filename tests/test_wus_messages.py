@@ -9,6 +9,7 @@ import pytest
 from lxml import etree
 
 from adapters.wus import conformance
+from adapters.wus.addressing import EndpointAddresses, endpoint_key
 from adapters.wus.client import Bijlage, aanlever_request, status_request
 from adapters.wus.messages import (
     INHOUD_MAX_BYTES,
@@ -179,3 +180,41 @@ def test_conformance_scenarios_are_the_published_eleven() -> None:
     )
     assert conformance.scenario_for(None).name == "Happyflow"
     assert conformance.scenario_for("afleverFOUT").name == "Afleverfout"
+
+
+# --------------------------------------------------------------------------- wsa:To as a URL
+
+_ADDRESSES = EndpointAddresses("https://localhost:8443", ["https://dgp.example.nl"])
+
+
+@pytest.mark.parametrize(
+    ("to", "ours"),
+    [
+        ("https://localhost:8443/wus/2.0/aanleverservice/1.2", True),
+        ("HTTPS://LOCALHOST:8443/wus/2.0/aanleverservice/1.2/", True),
+        ("https://dgp.example.nl/wus/2.0/aanleverservice/1.2", True),
+        ("https://dgp.example.nl:443/wus/2.0/aanleverservice/1.2", True),
+        ("https://DGP.Example.NL./wus/2.0/aanleverservice/1.2", True),
+        ("  https://dgp.example.nl/wus/2.0/aanleverservice/1.2  ", True),
+        ("http://dgp.example.nl/wus/2.0/aanleverservice/1.2", False),  # other scheme
+        ("https://dgp.example.nl:8443/wus/2.0/aanleverservice/1.2", False),
+        ("https://localhost/wus/2.0/aanleverservice/1.2", False),  # 443, not 8443
+        ("https://localhost:8443/WUS/2.0/aanleverservice/1.2", False),  # path case
+        ("https://localhost:8443/wus/2.0/statusinformatieservice/1.2", False),
+        ("https://localhost:8443/wus/2.0/aanleverservice/1.2?x=1", False),
+        ("https://localhost:8443/wus/2.0/aanleverservice/1.2#f", False),
+        ("https://user@localhost:8443/wus/2.0/aanleverservice/1.2", False),
+        ("https://localhost:99999/wus/2.0/aanleverservice/1.2", False),  # port out of range
+        ("https://localhost:8443/" + "a" * 3000, False),
+        ("urn:uuid:1", False),
+        ("", False),
+    ],
+)
+def test_wsa_to_is_compared_as_a_url(to: str, ours: bool) -> None:
+    assert _ADDRESSES.is_service(to, "/wus/2.0/aanleverservice/1.2") is ours
+
+
+def test_accepted_urls_must_be_http_urls() -> None:
+    with pytest.raises(ValueError):
+        EndpointAddresses("https://localhost:8443", ["dgp.example.nl"])
+    assert endpoint_key("https://[::1]/x/") == ("https", "::1", 443, "/x", "")

@@ -26,7 +26,7 @@ import xmlsec
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from lxml import etree
-from zeep import Client, ns
+from zeep import Client, Plugin, ns
 from zeep.exceptions import Fault
 from zeep.transports import Transport
 from zeep.wsa import WsAddressingPlugin
@@ -114,8 +114,31 @@ class WusXmlsecSignature:
         return envelope
 
 
+class WcfActions(Plugin):
+    """What a WCF (svcutil) client of these WSDLs sends: the action named after the
+    portType (``…/AanleverService_V1_2/aanleverenRequest``) as wsa:Action and SOAPAction.
+    Records the wsa:Action of every answer."""
+
+    def __init__(self) -> None:
+        self.answers: list[str] = []
+
+    def egress(self, envelope: Any, http_headers: Any, operation: Any, options: Any) -> Any:
+        port_type = etree.QName(operation.binding.port_type.name).localname  # …Service_V1_2
+        published = port_type.removesuffix("_V1_2")
+        action = envelope.find(f".//{{{ns.WSA}}}Action")
+        action.text = action.text.replace(f"/{published}/", f"/{port_type}/")
+        http_headers["SOAPAction"] = f'"{action.text}"'
+        return envelope, http_headers
+
+    def ingress(self, envelope: Any, http_headers: Any, operation: Any) -> Any:
+        self.answers.append(envelope.findtext(f".//{{{ns.WSA}}}Action"))
+        return envelope, http_headers
+
+
 class ZeepParticipant:
-    def __init__(self, pki: Path, oin: str, url: str) -> None:
+    def __init__(self, pki: Path, oin: str, url: str, *, wcf: bool = False) -> None:
+        self.wcf = WcfActions()
+        plugins = [WsAddressingPlugin(), self.wcf] if wcf else [WsAddressingPlugin()]
         session = requests.Session()
         session.trust_env = False  # REQUESTS_CA_BUNDLE would override session.verify
         session.cert = (str(pki / f"{oin}.crt"), str(pki / f"{oin}.key"))
@@ -125,13 +148,13 @@ class ZeepParticipant:
             str(SPECS / "aanleverservice-1.2.wsdl"),
             transport=Transport(session=session),
             wsse=signer,
-            plugins=[WsAddressingPlugin()],
+            plugins=plugins,
         )
         self.status_client = Client(
             str(SPECS / "statusinformatieservice-1.2.wsdl"),
             transport=Transport(session=session),
             wsse=signer,
-            plugins=[WsAddressingPlugin()],
+            plugins=plugins,
         )
         # The only change: the endpoint address.
         self.aanlever = self.aanlever_client.create_service(
@@ -218,3 +241,35 @@ async def test_published_wsdl_client_gets_wsdl_faults(participant: ZeepParticipa
     with pytest.raises(Fault) as fault:
         await asyncio.to_thread(participant.status.getStatussenProces, kenmerk=str(uuid.uuid4()))
     assert fault.value.detail.findtext(f"{kv}statusinformatieFault/{kv}foutcode") == "STS150"
+
+
+async def test_wcf_action_form_is_accepted_and_answered_in_kind(env: Env) -> None:
+    """Issue 11 section 3: WCF's ``…Service_V1_2/<op>Request`` actions, answers in kind."""
+    await env.start_gateway()
+    wcf = await asyncio.to_thread(
+        ZeepParticipant, env.dir / "pki", ALFA, env.settings.wus.public_url, wcf=True
+    )
+    response = await asyncio.to_thread(
+        wcf.aanlever.aanleveren,
+        berichtsoort="Omzetbelasting",
+        identiteitBelanghebbende={"nummer": ALFA, "type": "OIN"},
+        rolBelanghebbende="Bedrijf",
+        berichtInhoud={
+            "mimeType": "text/xml",
+            "bestandsnaam": "ob.xml",
+            "inhoud": (SAMPLES / "omzetbelasting.xml").read_bytes(),
+        },
+    )
+    assert uuid.UUID(response.kenmerk)
+    soorten = await asyncio.to_thread(
+        wcf.status.getBerichtsoorten, identiteitBelanghebbende={"nummer": ALFA, "type": "OIN"}
+    )
+    assert "Omzetbelasting" in soorten
+    with pytest.raises(Fault):
+        await asyncio.to_thread(wcf.status.getStatussenProces, kenmerk=str(uuid.uuid4()))
+    base = "http://logius.nl/digipoort/wus/2.0/"
+    assert wcf.wcf.answers == [
+        f"{base}aanleverservice/1.2/AanleverService_V1_2/aanleverenResponse",
+        f"{base}statusinformatieservice/1.2/StatusinformatieService_V1_2/getBerichtsoortenResponse",
+        f"{base}statusinformatieservice/1.2/StatusinformatieService_V1_2/getStatussenProces/Fault/",
+    ]

@@ -38,7 +38,15 @@ WELL_FORMED = [
     "omzetbelasting.xml",
 ]
 MIB = 1024 * 1024
-CODES = {"malformed", "dtd_forbidden", "too_deep", "too_large", "too_many_elements"}
+CODES = {
+    "malformed",
+    "dtd_forbidden",
+    "too_deep",
+    "too_large",
+    "too_many_elements",
+    "too_many_namespaces",
+    "too_many_attributes",
+}
 
 
 def sample(name: str) -> bytes:
@@ -549,3 +557,39 @@ def test_fuzz_mutated_samples(data: bytes) -> None:
 @given(mutated_samples(), limits_strategy)
 def test_fuzz_mutated_samples_with_tight_limits(data: bytes, limits: XmlLimits) -> None:
     check_outcome(data, limits)
+
+
+# --------------------------------------------------------------------------- bounds before c14n
+
+
+def _namespaced(n: int, *, spread: bool = False, encoding: str = "utf-8") -> bytes:
+    decls = [f'xmlns:p{i}="urn:x:{i}"' for i in range(n)]
+    if spread:  # one declaration per element
+        inner = "".join(f"<e {d}/>" for d in decls)
+        text = f"<r>{inner}</r>"
+    else:
+        text = f"<r {' '.join(decls)}/>"
+    return text.encode(encoding)
+
+
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [
+        (_namespaced(1025), "too_many_namespaces"),
+        (_namespaced(1025, spread=True), "too_many_namespaces"),
+        (_namespaced(1025, encoding="utf-16"), "too_many_namespaces"),
+        (b"<r " + b" ".join(b'a%d="1"' % i for i in range(1025)) + b"/>", "too_many_attributes"),
+    ],
+    ids=["on_root", "one_per_element", "utf16", "attributes"],
+)
+def test_namespace_declarations_and_attributes_are_bounded(data: bytes, code: str) -> None:
+    assert rejected(data).code == code
+
+
+def test_documents_within_the_bounds_parse() -> None:
+    assert parse(_namespaced(1024)).getroot().tag == "r"
+    assert parse(b"<r " + b" ".join(b'a%d="1"' % i for i in range(1024)) + b"/>") is not None
+    # "xmlns" in text only makes the cheap pre-count look closer; still parsed
+    assert parse(b"<r>" + b"xmlns " * 2000 + b"</r>").getroot().tag == "r"
+    with pytest.raises(ValueError):
+        XmlLimits(max_namespace_declarations=0)

@@ -46,6 +46,7 @@ from adapters.wus.soap import (
     parse_envelope,
 )
 from adapters.wus.wssecurity import WSSecurityError, sign_envelope, verify_envelope
+from digipoort.httpguard import GuardedSite, HttpGuard, HttpGuardConfig
 from digipoort.pki import (
     CertificateRejected,
     CertificateVerifier,
@@ -58,6 +59,7 @@ log = structlog.get_logger(__name__)
 
 KV: Final = f"{{{KOPPELVLAK_NS}}}"
 MAX_REQUEST: Final = 64 * 1024 * 1024
+READ_TIMEOUT: Final = 120.0
 FAULT_ACTION: Final = AFLEVERSERVICE_NS + "AfleverService/afleveren/Fault/"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -77,6 +79,7 @@ class AfleverServer:
     out_dir: Path
     intermediates_file: Path | None = None
     received: list[str] = field(default_factory=list)  # kenmerken, in arrival order
+    guard: HttpGuardConfig = field(default_factory=HttpGuardConfig)
     _runner: web.AppRunner | None = None
 
     def __post_init__(self) -> None:
@@ -92,7 +95,13 @@ class AfleverServer:
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         ssl_context = server_ssl_context(self.cert_file, self.key_file, self.ca_file)
-        site = web.TCPSite(self._runner, host, port, ssl_context=ssl_context)
+        site = GuardedSite(
+            self._runner,
+            host,
+            port,
+            guard=HttpGuard("aflever", self.guard),
+            ssl_context=ssl_context,
+        )
         await site.start()
         log.info("aflever-server listening", host=host, port=port, out=str(self.out_dir))
 
@@ -107,7 +116,7 @@ class AfleverServer:
             tls_oin, tls_cert = self._tls_oin(request)
             if request.headers.get("SOAPAction", "").strip().strip('"') != AFLEVER_ACTION:
                 raise Refused("AFS100", "SOAPAction is geen afleveren")
-            body = await request.read()
+            body = await _read_body(request)
             parsed = await asyncio.to_thread(self._verify, body, tls_oin, tls_cert)
             message_id = parsed.message_id
             kenmerk, berichtsoort, berichtkenmerk = await asyncio.to_thread(
@@ -193,6 +202,18 @@ class AfleverServer:
         self.received.append(kenmerk)
         log.info("aflever-server: stored", kenmerk=kenmerk, documents=len(documents))
         return kenmerk, berichtsoort, berichtkenmerk
+
+
+async def _read_body(request: web.Request) -> bytes:
+    """The body, within MAX_REQUEST bytes and READ_TIMEOUT seconds (413 / 408 otherwise;
+    the HTTP guard logs and counts both)."""
+    if (request.content_length or 0) > MAX_REQUEST:
+        raise web.HTTPRequestEntityTooLarge(MAX_REQUEST, request.content_length or 0)
+    try:
+        async with asyncio.timeout(READ_TIMEOUT):
+            return await request.read()
+    except TimeoutError:
+        raise web.HTTPRequestTimeout() from None
 
 
 def _documents(payload: etree._Element) -> list[tuple[str, bytes]]:

@@ -19,6 +19,7 @@ from adapters.wus.aflever_client import AfleverClient
 from adapters.wus.server import WusService
 from digipoort.app import Gateway
 from digipoort.config import Settings
+from digipoort.httpguard import GuardedSite, HttpGuard, HttpGuardConfig
 from digipoort.pki import CertificateVerifier, refresh_crl, server_ssl_context
 from routing.deliverer import Deliverer, wus_sender
 from routing.download import Download
@@ -88,7 +89,17 @@ async def start(gateway: Gateway) -> Callable[[], Awaitable[None]]:
     Download(gateway.pool, gateway.store, verifier).add_routes(app)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, s.wus.host, s.wus.port, ssl_context=ssl_context, reuse_port=True)
+    guard = HttpGuard(
+        "wus",
+        HttpGuardConfig(
+            header_timeout=s.wus.header_timeout_seconds,
+            idle_timeout=s.wus.idle_timeout_seconds,
+            max_per_ip=s.wus.max_connections_per_ip,
+        ),
+    )
+    site = GuardedSite(
+        runner, s.wus.host, s.wus.port, guard=guard, ssl_context=ssl_context, reuse_port=True
+    )
     await site.start()
     log.info("wus.listening", host=s.wus.host, port=s.wus.port, public_url=s.wus.public_url)
 

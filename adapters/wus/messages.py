@@ -142,7 +142,25 @@ def _datetime(element: etree._Element | None) -> datetime | None:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         raise RequestInvalid(f"{etree.QName(element).localname} is not a valid date") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    try:  # 0001-01-01T00:00:00+14:00 is a valid xs:dateTime, but before year 1 in UTC
+        return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone(UTC)
+    except OverflowError:
+        raise RequestInvalid(
+            f"{etree.QName(element).localname} valt buiten 0001-01-01..9999-12-31 (UTC)"
+        ) from None
+
+
+def strict_b64decode(raw: bytes) -> bytes:
+    """Decode xs:base64Binary without whitespace, canonical only: complete 4-character
+    groups, padding only at the end, zero padding bits (``QR==`` and ``QUJD=`` are
+    refused). ValueError otherwise."""
+    try:
+        content = base64.b64decode(raw, validate=True)
+    except binascii.Error as exc:
+        raise ValueError(str(exc)) from None
+    if base64.b64encode(content) != raw:  # the only encoding of ``content``
+        raise ValueError("non-canonical base64")
+    return content
 
 
 def _document(element: etree._Element) -> Document:
@@ -159,8 +177,8 @@ def _document(element: etree._Element) -> Document:
     if len(raw) > (INHOUD_MAX_BYTES + 2) // 3 * 4:
         raise InhoudTooLarge(f"{bestandsnaam}: inhoud larger than {INHOUD_MAX_BYTES} bytes")
     try:
-        content = base64.b64decode(raw, validate=True)
-    except (binascii.Error, ValueError):
+        content = strict_b64decode(raw)
+    except ValueError:
         raise RequestInvalid(f"{bestandsnaam}: inhoud is not valid base64") from None
     if len(content) > INHOUD_MAX_BYTES:
         raise InhoudTooLarge(f"{bestandsnaam}: inhoud larger than {INHOUD_MAX_BYTES} bytes")

@@ -8,8 +8,9 @@ Per request, cheapest checks first (docs/wus.md):
 2. HTTP: POST, not SOAP 1.2, SOAPAction present; the body is read in chunks and refused
    as soon as it passes ``wus.max_request_bytes`` (a declared Content-Length above the
    cap is refused without reading). Large bodies wait for one of a few "large request"
-   slots, so memory stays bounded; parsing and verification of large bodies run in a
-   worker thread, so a huge request never stalls the event loop.
+   slots, so memory stays bounded; parsing and verification of any body above 64 KiB run
+   in a worker thread, and namespace declarations / attributes are bounded before c14n,
+   so no request stalls the event loop (docs/wus-security.md).
 3. SOAP 1.1 + WS-Addressing (``soap.parse_envelope``), wsa:Action == SOAPAction, an
    operation of *this* endpoint, wsa:To == this endpoint's public address.
 4. WS-Security (``wssecurity.verify_envelope``); the BinarySecurityToken's certificate is
@@ -36,6 +37,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from lxml import etree
 
 from adapters.wus import conformance, messages, store
+from adapters.wus.addressing import EndpointAddresses
 from adapters.wus.codes import FAULT_NUMBERS, Kind, Refusal
 from adapters.wus.ophaal import OPERATIONS as OPHAAL_OPERATIONS
 from adapters.wus.ophaal import Ophaalservice
@@ -69,8 +71,12 @@ from digipoort.status import now
 
 log = structlog.get_logger(__name__)
 
-#: Bodies above this are read only while holding one of LARGE_SLOTS, and parsed in a thread.
+#: Bodies above this are read only while holding one of LARGE_SLOTS.
 LARGE_BODY: Final = 1024 * 1024
+#: Bodies above this are parsed and their signature verified in a worker thread: below it
+#: parsing + c14n + verification cost a few milliseconds (namespaces and attributes are
+#: bounded by the parser), above it they could hold the event loop too long.
+OFF_LOOP_BODY: Final = 64 * 1024
 LARGE_SLOTS: Final = 4
 #: Status requests are tiny: their endpoint takes at most this much.
 STATUS_MAX_REQUEST: Final = 1024 * 1024
@@ -140,6 +146,7 @@ class WusService:
         self.signing_cert = signing_cert
         self.conformance_mode = conformance_mode
         self.public_url = settings.wus.public_url.rstrip("/")
+        self.addresses = EndpointAddresses(self.public_url, settings.wus.accepted_urls)
         self.max_request_bytes = settings.wus.max_request_bytes
         self.skew = timedelta(seconds=settings.wus.max_clock_skew_seconds)
         self._large = asyncio.Semaphore(LARGE_SLOTS)
@@ -162,7 +169,7 @@ class WusService:
             )
         if request.query.get("xsd") == XSD_NAME:
             return web.Response(body=xsd(), content_type="text/xml", charset="utf-8")
-        return web.Response(status=404, text="use ?wsdl\n")
+        raise web.HTTPNotFound(text="use ?wsdl\n")  # logged and counted by the HTTP guard
 
     async def post(self, request: web.Request) -> web.StreamResponse:
         service = SERVICES[request.path]
@@ -249,11 +256,10 @@ class WusService:
         def work() -> tuple[ParsedEnvelope, WusOperation, VerifiedSecurity]:
             parsed = self._parse(body, allow_huge)
             seen.message_id = parsed.message_id
-            operation = self._operation(parsed, service, soap_action)
-            seen.operation = operation
+            operation = self._operation(parsed, service, soap_action, seen)
             return parsed, operation, self._verify_signature(parsed)
 
-        if len(body) > LARGE_BODY:
+        if len(body) > OFF_LOOP_BODY:
             parsed, operation, security = await asyncio.to_thread(work)
         else:
             parsed, operation, security = work()
@@ -282,18 +288,17 @@ class WusService:
             raise Refusal("malformed", exc.code, exc.code) from None
 
     def _operation(
-        self, parsed: ParsedEnvelope, service: Service, soap_action: str
+        self, parsed: ParsedEnvelope, service: Service, soap_action: str, seen: _Seen
     ) -> WusOperation:
+        """The operation named by wsa:Action (in its action form, published or WCF's); from
+        here on a refusal carries that operation's fault action."""
         operation = operation_for_action(parsed.action) or EXTRA_OPERATIONS.get(parsed.action)
-        if (
-            operation is None
-            or not SERVICES.get(service.path)
-            or operation.fault_element != (service.fault_element)
-        ):
+        if operation is None or operation.fault_element != service.fault_element:
             raise Refusal("malformed", "unknown_action", "onbekende wsa:Action voor deze service")
+        seen.operation = operation
         if soap_action != parsed.action:
             raise Refusal("malformed", "action_mismatch", "wsa:Action verschilt van SOAPAction")
-        if parsed.to.rstrip("/") != self.public_url + service.path:
+        if not self.addresses.is_service(parsed.to, service.path):
             raise Refusal("malformed", "wrong_to", "wsa:To is niet het adres van deze service")
         if etree.QName(parsed.payload).localname != operation.request_element:
             raise Refusal("malformed", "wrong_body", f"Body bevat geen {operation.request_element}")

@@ -2,7 +2,8 @@
 
 Pure functions, no I/O. Parsing is hardened: DTDs are refused before libxml2 sees the
 document, entities are never resolved, nothing is fetched from the network, and the
-element depth is bounded. See ``docs/wus-security.md``.
+element depth, the namespace declarations and the attributes per element are bounded
+(before any canonicalization). See ``docs/wus-security.md``.
 """
 
 from __future__ import annotations
@@ -10,13 +11,15 @@ from __future__ import annotations
 import copy
 import re
 import uuid
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from types import MappingProxyType
 from typing import Final, Literal
 
 from lxml import etree
+
+from digipoort import xmlsafe
 
 __all__ = [
     "AANLEVERSERVICE_NS",
@@ -30,6 +33,7 @@ __all__ = [
     "SOAP11_NS",
     "SOAP12_NS",
     "STATUSINFORMATIESERVICE_NS",
+    "WCF_PORT_SUFFIX",
     "WSA_ANONYMOUS",
     "WSA_FAULT_ACTION",
     "WSA_NONE",
@@ -43,6 +47,7 @@ __all__ = [
     "build_fault",
     "new_message_id",
     "operation_for_action",
+    "operations_by_action",
     "parse_envelope",
 ]
 
@@ -88,9 +93,20 @@ _WSA_EPR_HEADERS: Final = frozenset({"From", "ReplyTo", "FaultTo"})
 # --------------------------------------------------------------------------- operations
 
 
+#: WCF (svcutil, .NET) derives an operation's action from the WSDL's portType name
+#: (``AanleverService_V1_2``) instead of the ``soapAction`` of the binding; both forms
+#: are accepted, and the answer uses the form of the request (docs/wus.md).
+WCF_PORT_SUFFIX: Final = "_V1_2"
+
+
 @dataclass(frozen=True, slots=True)
 class WusOperation:
-    """One koppelvlak operation and the WS-Addressing actions that belong to it."""
+    """One koppelvlak operation and the WS-Addressing actions that belong to it.
+
+    ``port`` is the path segment of the action URIs: the published form
+    (``AanleverService``) or WCF's portType form (``AanleverService_V1_2``); see
+    :meth:`forms`.
+    """
 
     service_ns: str
     port: str  # e.g. "AanleverService" (the path segment in the action URIs)
@@ -110,6 +126,17 @@ class WusOperation:
     @property
     def fault_action(self) -> str:
         return f"{self.service_ns}{self.port}/{self.name}/Fault/"
+
+    def forms(self) -> tuple[WusOperation, WusOperation]:
+        """This operation in the published and in WCF's action form."""
+        published = self.port.removesuffix(WCF_PORT_SUFFIX)
+        return replace(self, port=published), replace(self, port=published + WCF_PORT_SUFFIX)
+
+
+def operations_by_action(operations: Iterable[WusOperation]) -> Mapping[str, WusOperation]:
+    """Operations keyed by every accepted request action; each value answers in the form
+    of its key (its response and fault actions use the same port segment)."""
+    return MappingProxyType({form.request_action: form for op in operations for form in op.forms()})
 
 
 def _ops(ns: str, port: str, fault: str, names: tuple[str, ...]) -> list[WusOperation]:
@@ -163,10 +190,8 @@ _ALL_OPERATIONS: Final = (
     ),
 )
 
-#: Operations keyed by their request wsa:Action (== SOAPAction).
-OPERATIONS: Final[Mapping[str, WusOperation]] = MappingProxyType(
-    {op.request_action: op for op in _ALL_OPERATIONS}
-)
+#: Operations keyed by their request wsa:Action (== SOAPAction), in both forms.
+OPERATIONS: Final[Mapping[str, WusOperation]] = operations_by_action(_ALL_OPERATIONS)
 
 #: Fault detail element names defined in the koppelvlak XSD.
 FAULT_DETAIL_ELEMENTS: Final = frozenset(
@@ -175,7 +200,8 @@ FAULT_DETAIL_ELEMENTS: Final = frozenset(
 
 
 def operation_for_action(action: str) -> WusOperation | None:
-    """Return the operation whose request action is ``action`` (None if unknown)."""
+    """Return the operation whose request action is ``action``, in that action's form
+    (None if unknown)."""
     return OPERATIONS.get(action)
 
 
@@ -223,6 +249,12 @@ _XML_DECL_ENCODING_RE: Final = re.compile(
 _ACCEPTED_ENCODINGS: Final = frozenset({b"utf-8", b"utf8", b"us-ascii", b"ascii"})
 _UTF8_BOM: Final = b"\xef\xbb\xbf"
 _MAX_EXCERPT: Final = 80
+#: Bounds before any c14n (whose cost grows with elements x namespaces in scope): real
+#: SOAP stacks send a few dozen declarations and a handful of attributes per element.
+MAX_NAMESPACE_DECLARATIONS: Final = 256
+MAX_ATTRIBUTES: Final = 64
+#: wsa:MessageID becomes the envelope's berichtkenmerk (berichtkenmerkType: at most 256).
+MAX_MESSAGE_ID: Final = 256
 
 
 def _excerpt(value: str) -> str:
@@ -260,6 +292,10 @@ def _depth_probe(max_depth: int) -> etree.XPath:
 
 def _parse_xml(data: bytes, *, max_depth: int, huge_text: bool) -> etree._Element:
     _check_prolog(data)
+    try:
+        xmlsafe.check_namespace_declarations(data, MAX_NAMESPACE_DECLARATIONS)
+    except xmlsafe.XmlRejected as exc:
+        raise SoapError(exc.code, exc.message) from None
     parser = etree.XMLParser(
         resolve_entities=False,
         no_network=True,
@@ -284,6 +320,10 @@ def _parse_xml(data: bytes, *, max_depth: int, huge_text: bool) -> etree._Elemen
         raise SoapError("dtd_forbidden", "DOCTYPE/DTD declarations are not allowed")
     if _depth_probe(max_depth)(root):
         raise SoapError("too_deep", f"document nesting deeper than {max_depth}")
+    try:
+        xmlsafe.check_attributes(root, MAX_ATTRIBUTES)
+    except xmlsafe.XmlRejected as exc:
+        raise SoapError(exc.code, exc.message) from None
     return root
 
 
@@ -420,6 +460,10 @@ def parse_envelope(
     to = _required(found, "To", "missing_wsa_to")
     action = _required(found, "Action", "missing_wsa_action")
     message_id = _required(found, "MessageID", "missing_wsa_messageid")
+    if len(message_id) > MAX_MESSAGE_ID:
+        raise SoapError(
+            "message_id_too_long", f"wsa:MessageID is longer than {MAX_MESSAGE_ID} characters"
+        )
     relates_to = (
         _simple_value(found["RelatesTo"], "bad_wsa_header") if "RelatesTo" in found else None
     )

@@ -8,6 +8,7 @@ with. Anything else is indistinguishable from an unknown kenmerk.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -49,13 +50,20 @@ class EnvelopeInfo:
     aanleverkenmerk: str | None
 
 
+def message_id_digest(message_id: str) -> str:
+    """What the replay cache stores of a wsa:MessageID: its SHA-256 (hex), so the key has a
+    fixed size whatever the client sends."""
+    return hashlib.sha256(message_id.encode("utf-8", "surrogatepass")).hexdigest()
+
+
 async def remember_message_id(pool: asyncpg.Pool, oin: str, message_id: str) -> bool:
-    """Record a wsa:MessageID; False if this signer used it before (a replay)."""
+    """Record a wsa:MessageID (as its digest); False if this signer used it before (a
+    replay)."""
     row = await pool.fetchval(
         "INSERT INTO wus_message_ids (sender_oin, message_id) VALUES ($1, $2)"
         " ON CONFLICT DO NOTHING RETURNING 1",
         oin,
-        message_id,
+        message_id_digest(message_id),
     )
     return row is not None
 

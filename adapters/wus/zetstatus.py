@@ -18,7 +18,7 @@ from lxml import etree
 
 from adapters.wus.codes import Refusal
 from adapters.wus.messages import zet_status_response
-from adapters.wus.soap import WusOperation
+from adapters.wus.soap import WusOperation, operations_by_action
 from digipoort import metrics
 from routing.statusreports import Refused, parse_zet_status, record_zet_status
 
@@ -32,7 +32,7 @@ ZET_STATUS: Final = WusOperation(
     "zetStatusFault",
 )
 #: Operations served by the WUS endpoints beyond ``soap.OPERATIONS``.
-EXTRA_OPERATIONS: Final = {ZET_STATUS.request_action: ZET_STATUS}
+EXTRA_OPERATIONS: Final = operations_by_action([ZET_STATUS])
 
 _NOT_VISIBLE: Final = "onbekend kenmerk"
 
