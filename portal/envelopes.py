@@ -6,6 +6,7 @@ someone else's kenmerk answers exactly like an unknown one (:func:`not_found`).
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -22,6 +23,28 @@ from portal.problems import Problem, clean_text, not_found
 from portal.validation import findings_from_details
 
 MAX_PAGE = 200
+#: a status code with fewer rows than this is searched from the code index
+RARE_ROWS = 50_000
+_STATS_TTL = 60.0
+_code_rows: dict[str, float] = {}
+_code_rows_at = 0.0
+
+
+async def _rare_code(pool: asyncpg.Pool, code: str) -> bool:
+    """Whether few statuses carry ``code``, from the planner's statistics (cached)."""
+    global _code_rows_at
+    if time.monotonic() - _code_rows_at > _STATS_TTL:
+        row = await pool.fetchrow(
+            "SELECT s.most_common_vals::text::text[] AS vals, s.most_common_freqs AS freqs,"
+            " c.reltuples FROM pg_stats s JOIN pg_class c ON c.relname = s.tablename"
+            " WHERE s.schemaname = 'public' AND s.tablename = 'statuses' AND s.attname = 'code'"
+        )
+        _code_rows.clear()
+        if row is not None and row["vals"] is not None:
+            for value, freq in zip(row["vals"], row["freqs"], strict=False):
+                _code_rows[value] = float(freq) * max(float(row["reltuples"]), 0.0)
+        _code_rows_at = time.monotonic()
+    return _code_rows.get(code, 0.0) < RARE_ROWS
 
 
 @dataclass(frozen=True)
@@ -110,18 +133,19 @@ def page_limit(query: dict[str, str], default: int) -> int:
     return int(raw)
 
 
+# The page's envelopes first (filters, keyset, limit), then the current status and the
+# recipients of those rows only.
 _SUMMARY = """
 SELECT e.kenmerk, e.berichtsoort, e.koppelvlak, e.sender_oin, e.aanleverkenmerk,
        e.tijdstempel_aangeleverd,
        last.code AS status, last.tijdstempel AS status_at,
        coalesce((SELECT array_agg(d.recipient_oin ORDER BY d.recipient_oin)
                  FROM deliveries d WHERE d.kenmerk = e.kenmerk), '{{}}') AS recipients
-FROM envelopes e
+FROM (SELECT e.* FROM {source} WHERE {where}
+      ORDER BY e.tijdstempel_aangeleverd DESC, e.kenmerk DESC LIMIT {limit}) e
 LEFT JOIN LATERAL (SELECT s.code, s.tijdstempel FROM statuses s WHERE s.kenmerk = e.kenmerk
                    ORDER BY s.id DESC LIMIT 1) last ON true
-WHERE {where}
 ORDER BY e.tijdstempel_aangeleverd DESC, e.kenmerk DESC
-LIMIT {limit}
 """
 
 
@@ -152,6 +176,7 @@ async def search(
         args.append(value)
         return f"${len(args)}"
 
+    source = "envelopes e"
     if scope == "sent":
         conds.append(f"e.sender_oin = {arg(caller.oin)}")
     if f.kenmerk is not None:
@@ -174,16 +199,28 @@ async def search(
             f" AND d.recipient_oin = {arg(f.recipient)})"
         )
     if f.status is not None:
-        conds.append(
-            "EXISTS (SELECT 1 FROM statuses s WHERE s.kenmerk = e.kenmerk"  # noqa: S608 - placeholders only
-            f" AND s.code = {arg(f.status)})"
-        )
+        if await _rare_code(ctx.pool, f.status):
+            # few envelopes have it: collect them from the code index first, then look
+            # them up by primary key (a plan that does not depend on the estimates)
+            having = await ctx.pool.fetchval(
+                "SELECT coalesce(array_agg(DISTINCT kenmerk), '{}') FROM statuses WHERE code = $1",
+                f.status,
+            )
+            if not having:
+                return Page([], None)
+            source = f"unnest({arg(having)}::uuid[]) AS h(kenmerk) JOIN envelopes e USING (kenmerk)"
+        else:
+            # most envelopes have it: walk the time index and probe each envelope
+            conds.append(
+                "EXISTS (SELECT 1 FROM statuses s WHERE s.kenmerk = e.kenmerk"  # noqa: S608
+                f" AND s.code = {arg(f.status)})"
+            )
     if after is not None:
         at, key = cursor.decode_uuid(after)
         conds.append(
             f"(e.tijdstempel_aangeleverd, e.kenmerk) < ({arg(at)}::timestamptz, {arg(key)}::uuid)"
         )
-    sql = _SUMMARY.format(where=" AND ".join(conds) or "true", limit=limit + 1)
+    sql = _SUMMARY.format(source=source, where=" AND ".join(conds) or "true", limit=limit + 1)
     rows = await ctx.pool.fetch(sql, *args)
     more = len(rows) > limit
     rows = rows[:limit]
