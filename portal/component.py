@@ -13,6 +13,7 @@ import structlog
 from aiohttp import web
 
 from digipoort.app import Gateway
+from digipoort.httpguard import GuardedSite, HttpGuard, HttpGuardConfig
 from digipoort.xmlsafe import XmlLimits
 from portal.app import application
 from portal.context import Context
@@ -45,8 +46,14 @@ async def start(gateway: Gateway) -> Callable[[], Awaitable[None]]:
     app = application(build_context(gateway), tls.verifier)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(
-        runner, s.portal.host, s.portal.port, ssl_context=tls.context, reuse_port=True
+    # header deadline, per-IP connection limit, HTTP-layer refusals logged and counted
+    site = GuardedSite(
+        runner,
+        s.portal.host,
+        s.portal.port,
+        guard=HttpGuard("portal", HttpGuardConfig()),
+        ssl_context=tls.context,
+        reuse_port=True,
     )
     await site.start()
     await tls.start()
