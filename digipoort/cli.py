@@ -89,6 +89,11 @@ def dev_init(
     click.echo(f"config: {directory / 'digipoort.toml'}")
 
 
+from digipoort.pki.devcli import add_dev_commands  # noqa: E402 - dev pki-server, dev revoke
+
+add_dev_commands(dev)
+
+
 # -- setup --------------------------------------------------------------------------------
 @main.command("setup")
 @config_option

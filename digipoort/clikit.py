@@ -7,6 +7,7 @@ the options and behaviour are the same everywhere.
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
@@ -42,3 +43,15 @@ def run_async(fn: Callable[[], Awaitable[T]]) -> T:
         return await fn()
 
     return asyncio.run(main())
+
+
+async def until_signalled() -> None:
+    """Return on SIGINT or SIGTERM (signal handlers only where the loop allows them)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass  # not the main thread (e.g. called from a test runner)
+    await stop.wait()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, Field
@@ -49,13 +49,31 @@ class StorageConfig(BaseModel):
     aflever_inline_limit: int = 4 * 1024 * 1024
 
 
+class RevocationConfig(BaseModel):
+    """The process's revocation service (docs/pki.md, "Revocation")."""
+
+    # Fetch CRLs from certificates' CRL distribution points and ask OCSP responders (AIA).
+    fetch: bool = True
+    # Re-fetch each CRL / OCSP answer after this long (or before its nextUpdate if sooner).
+    refresh_seconds: float = Field(default=300.0, gt=0)
+    timeout_seconds: float = Field(default=5.0, gt=0)
+    max_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
+    # No current CRL or OCSP answer: refuse (production) or accept, log and count (dev).
+    unknown_status: Literal["fail_closed", "soft_fail"] = "fail_closed"
+
+
 class PkiConfig(BaseModel):
     ca_file: Path = Path("pki/ca.crt")
     crl_files: list[Path] = Field(default_factory=lambda: [Path("pki/ca.crl")])
     intermediates_file: Path | None = Path("pki/chain.pem")
     cert_file: Path = Path("pki/server.crt")
     key_file: Path = Path("pki/server.key")
+    # A participant's issuer must have a current CRL or OCSP answer (see unknown_status).
     require_crl: bool = True
+    revocation: RevocationConfig = Field(default_factory=RevocationConfig)
+    # `digipoort dev pki-server` / the `pkiserver` component: CRLs and OCSP of the dev PKI.
+    responder_host: str = "127.0.0.1"
+    responder_port: int = 8089
 
 
 class HttpConfig(BaseModel):

@@ -61,10 +61,16 @@ payload_dir = "data/payloads"
 
 [pki]
 ca_file = "pki/ca.crt"
-crl_files = ["pki/ca.crl"]
+crl_files = ["pki/ca.crl", "pki/root.crl"]
 intermediates_file = "pki/chain.pem"
 cert_file = "pki/server.crt"
 key_file = "pki/server.key"
+# `digipoort dev pki-server` serves the CRLs and OCSP named in the dev certificates
+responder_port = 8089
+
+[pki.revocation]
+refresh_seconds = 60
+unknown_status = "fail_closed"
 
 [http]
 host = "127.0.0.1"

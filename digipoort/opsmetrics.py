@@ -31,6 +31,7 @@ from cryptography import x509
 from digipoort import metrics
 from digipoort.config import Settings
 from digipoort.pki import CertificateVerifier
+from digipoort.pki.wiring import revocation_service
 from digipoort.provision import Management, vhost_of
 
 if TYPE_CHECKING:
@@ -110,7 +111,8 @@ def _subject(cert: x509.Certificate) -> str:
 
 def expiry_dates(settings: Settings) -> dict[tuple[str, str], datetime]:
     """``{(subject, kind): date}`` of the gateway certificate, the trust anchors and
-    intermediates (notAfter) and each CRL (nextUpdate)."""
+    intermediates (notAfter) and each issuer's newest CRL (nextUpdate) — from the local
+    CRL files and the CRLs the process's revocation service fetched."""
     pki = settings.pki
     dates: dict[tuple[str, str], datetime] = {}
     cert_file = settings.resolve(pki.cert_file)
@@ -119,12 +121,12 @@ def expiry_dates(settings: Settings) -> dict[tuple[str, str], datetime]:
         dates[(_subject(gateway_cert), "gateway")] = gateway_cert.not_valid_after_utc
     ca_file = settings.resolve(pki.ca_file)
     if ca_file.exists():
-        crl_files = [p for p in (settings.resolve(c) for c in pki.crl_files) if p.exists()]
         inter = settings.resolve(pki.intermediates_file) if pki.intermediates_file else None
         verifier = CertificateVerifier.from_files(
-            ca_file, crl_files, inter if inter is not None and inter.exists() else None
+            ca_file, (), inter if inter is not None and inter.exists() else None
         )
-        for key, when in verifier.expiry_report().items():
+        report = verifier.expiry_report() | revocation_service(settings).expiry_report()
+        for key, when in report.items():
             kind, _, subject = key.partition(":")
             dates[(subject, kind)] = when
     return dates

@@ -5,6 +5,10 @@ disk with ``Range`` (guarded by ``If-Range`` with the ETag, so a changed resourc
 fetched anew). When the size is reached the file's SHA-256 is computed (streaming) and
 compared with the reference: a mismatch removes the part (CHECKSUM_ERROR), a wrong length
 likewise (INCORRECT_FILE_SIZE). Memory stays flat whatever the size.
+
+With a ``peer_check`` (:class:`digipoort.pki.wiring.PeerCheck`) the server's certificate
+is checked for revocation (the process's revocation service: CRLs and OCSP) on every new
+connection, before the request; a refused server fails the fetch (FetchFailed).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pathlib import Path
 import aiohttp
 import structlog
 
+from digipoort.pki.wiring import PeerCheck, PeerRejected
 from routing.grote_berichten import Reference
 
 log = structlog.get_logger(__name__)
@@ -51,15 +56,21 @@ class ReferenceFetcher:
         attempts: int = 5,
         timeout: float = 300.0,
         retry_delay: float = 2.0,
+        peer_check: PeerCheck | None = None,
     ) -> None:
         self._ssl = ssl_context
+        self._peer_check = peer_check
         self._attempts = attempts
         self._timeout = aiohttp.ClientTimeout(total=None, sock_read=timeout, connect=30)
         self.retry_delay = retry_delay
 
     async def fetch(self, ref: Reference, part: Path) -> Path:
         await asyncio.to_thread(part.parent.mkdir, parents=True, exist_ok=True)
-        connector = aiohttp.TCPConnector(ssl=self._ssl)
+        connector = (
+            self._peer_check.connector(self._ssl)
+            if self._peer_check is not None
+            else aiohttp.TCPConnector(ssl=self._ssl)
+        )
         async with aiohttp.ClientSession(connector=connector, timeout=self._timeout) as session:
             for attempt in range(1, self._attempts + 1):
                 have = _have(part)
@@ -67,6 +78,8 @@ class ReferenceFetcher:
                     break
                 try:
                     await self._download(session, ref, part, have)
+                except PeerRejected as exc:
+                    raise FetchFailed(f"server certificate refused: {exc.reason}") from None
                 except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
                     log.warning(
                         "download interrupted; resuming",

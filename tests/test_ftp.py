@@ -452,6 +452,68 @@ async def test_submit_client_cli(env: Env, tmp_path: Path) -> None:
         )
 
 
+async def test_mime_type_kept_with_aanleverkenmerk_and_mime_type_option(
+    env: Env, tmp_path: Path
+) -> None:
+    """The remote name is the aanleverkenmerk (no extension): the client announces the
+    file's MIME type with SITE MIME (before: application/octet-stream, 311 for
+    CBS-Detailhandel); --mime-type is sent as given; without SITE MIME (curl, lftp) the
+    server derives it from the name, else from the first bytes."""
+    from adapters.ftp.client import CLI
+
+    await env.start_gateway(components=COMPONENTS)
+    src = tmp_path / "cbs.xml"
+    shutil.copy(SAMPLES / "cbs-detailhandel.xml", src)
+
+    def submit(kenmerk: str, mime_type: str = "") -> uuid.UUID:
+        result = CLI.submit(
+            url=f"ftps://127.0.0.1:{env.settings.ftp.port}",
+            cert=env.pki / f"{ALFA}.crt",
+            key=env.pki / f"{ALFA}.key",
+            ca=env.pki / "ca.crt",
+            berichtsoort="CBS-Detailhandel",
+            file=src,
+            aanleverkenmerk=kenmerk,
+            mime_type=mime_type,
+        )
+        return uuid.UUID(result["kenmerk"])
+
+    derived = await run(submit, "K-2026-001")
+    explicit = await run(submit, "K-2026-002", "text/xml")
+    for kenmerk, name, mime in (
+        (derived, "K-2026-001", "application/xml"),
+        (explicit, "K-2026-002", "text/xml"),
+    ):
+        await env.wait_status(kenmerk, "301")
+        row = await document_row(env, kenmerk)
+        assert (row["mime_type"], row["bestandsnaam"]) == (mime, name)
+
+    def raw() -> tuple[str, str, str]:
+        ftp = login(env)
+        try:
+            bad = _error(lambda: ftp.sendcmd("SITE MIME nonsense"))
+            other = _error(lambda: ftp.sendcmd("SITE CHMOD 777 x"))
+            with open(src, "rb") as fh:  # no SITE MIME, no extension: sniffed
+                resp = ftp.storbinary("STOR /in/CBS-Detailhandel/K-2026-003", fh)
+            return bad, other, resp
+        finally:
+            ftp.quit()
+
+    bad, other, resp = await run(raw)
+    assert bad.startswith("501") and other.startswith("504")
+    sniffed = kenmerk_of(resp)
+    await env.wait_status(sniffed, "301")
+    assert (await document_row(env, sniffed))["mime_type"] == "application/xml"
+
+
+def _error(fn: Callable[[], object]) -> str:
+    try:
+        fn()
+    except ftplib.Error as exc:
+        return str(exc)
+    raise AssertionError("accepted")
+
+
 def _proc_kib(pid: int, field: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -526,10 +588,11 @@ async def test_digipoort_submit_via_ftp_command(env: Env, tmp_path: Path) -> Non
         lambda: subprocess.run(
             [str(exe), "submit", "--via", "ftp", "--config", str(env.config_path),
              "--cert", str(env.pki / f"{ALFA}.crt"), "--key", str(env.pki / f"{ALFA}.key"),
-             "--berichtsoort", "CBS-Detailhandel", str(src)],
+             "--berichtsoort", "CBS-Detailhandel", "--aanleverkenmerk", "K-cmd-1", str(src)],
             capture_output=True, text=True, timeout=60,
         )
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     kenmerk = uuid.UUID(done.stdout.strip().splitlines()[-1])
-    await env.wait_status(kenmerk, "301")
+    await env.wait_status(kenmerk, "301")  # before SITE MIME: 311, octet-stream for "K-cmd-1"
+    assert (await document_row(env, kenmerk))["bestandsnaam"] == "K-cmd-1"

@@ -25,7 +25,14 @@ from adapters.ftp.commands import (
 )
 from adapters.ftp.outbox import render_statuses
 from adapters.ftp.partials import LimitExceeded, PartialArea, Upload
-from adapters.ftp.paths import PathRefused, check_upload_name, classify, normalise
+from adapters.ftp.paths import (
+    PathRefused,
+    check_upload_name,
+    classify,
+    mime_type_for,
+    normalise,
+    parse_mime_type,
+)
 from digipoort.status import Status
 
 SOORTEN = {"DNB-DGS", "CBS-Detailhandel"}
@@ -150,6 +157,33 @@ def test_upload_names() -> None:
     for bad in ["a" * 41, ".hidden", "a b", "ü.xml", "-x"]:
         with pytest.raises(PathRefused):
             check_upload_name(bad)
+
+
+@pytest.mark.parametrize(
+    ("name", "head", "mime"),
+    [
+        ("d.xml", b"", "application/xml"),
+        ("d.PDF", b"", "application/pdf"),
+        ("K-2026-001", b'<?xml version="1.0"?><a/>', "application/xml"),
+        ("K-2026-001", b"\xef\xbb\xbf \r\n<detailhandel/>", "application/xml"),
+        ("K-2026-001", b"%PDF-1.7", "application/pdf"),
+        ("K-2026-001", b"PK\x03\x04rest", "application/zip"),
+        ("K-2026-001", b"\x1f\x8b\x08", "application/gzip"),
+        ("K-2026-001", b"< not xml", "application/octet-stream"),
+        ("dgs.bin", b"<?xml", "application/xml"),
+        ("dgs.bin", b"\x00\x01", "application/octet-stream"),
+        ("d.csv", b"<?xml", "text/csv"),  # the extension wins
+    ],
+)
+def test_mime_type_by_name_then_content(name: str, head: bytes, mime: str) -> None:
+    assert mime_type_for(name, head) == mime
+
+
+def test_site_mime_argument() -> None:
+    assert parse_mime_type(" Text/XML ") == "text/xml"
+    assert parse_mime_type("application/vnd.cbs+xml") == "application/vnd.cbs+xml"
+    for bad in ["", "xml", "text/", "/xml", "text/xml; charset=utf-8", "a/b/c", "t\x00/x"]:
+        assert parse_mime_type(bad) is None, bad
 
 
 # ---------------------------------------------------------------------------- status files

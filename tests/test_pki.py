@@ -148,7 +148,7 @@ def verifier(pki: Path) -> CertificateVerifier:
 def test_dev_pki_writes_every_file_with_private_keys_0600(pki: Path) -> None:
     stems = {"ca", "intermediate", "untrusted-ca", *END_ENTITIES}
     expected = {f"{s}.crt" for s in stems} | {f"{s}.key" for s in stems}
-    assert {p.name for p in pki.iterdir()} == expected | {"ca.crl", "chain.pem"}
+    assert {p.name for p in pki.iterdir()} == expected | {"ca.crl", "root.crl", "chain.pem"}
     for key_file in pki.glob("*.key"):
         assert stat.S_IMODE(key_file.stat().st_mode) == 0o600, key_file.name
         key = private_key(key_file)

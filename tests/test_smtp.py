@@ -10,6 +10,7 @@ from email import policy
 from email.message import EmailMessage
 from uuid import UUID
 
+from adapters.smtp.mime import raw_mail_limit
 from digipoort.pki import client_ssl_context
 from tests.support import ALFA, BETA, CBS, DOUANE, HBAG, SAMPLES, Env, wait_for
 
@@ -210,7 +211,7 @@ async def test_too_large_refused_by_size_and_during_data(env: Env) -> None:
         with smtplib.SMTP("127.0.0.1", env.settings.smtp.port, timeout=30) as smtp:
             smtp.starttls(context=tls(env))
             smtp.ehlo()
-            assert int(smtp.esmtp_features["size"]) == 2 * 1024 * 1024
+            assert int(smtp.esmtp_features["size"]) == raw_mail_limit(2 * 1024 * 1024)
             return smtp.docmd(f"MAIL FROM:<a@b> SIZE={big}")
 
     code, text = await asyncio.to_thread(by_size)
@@ -234,6 +235,35 @@ async def test_too_large_refused_by_size_and_during_data(env: Env) -> None:
 
     code, text = await asyncio.to_thread(during_data)
     assert code == 552 and text.startswith(b"5.3.4")
+
+
+async def test_size_limit_counts_the_decoded_document(env: Env) -> None:
+    """Douane-Uitvoer allows 16 MiB: a 15.25 MiB document (20.6 MiB as base64 in the
+    mail, above the 20 MiB smtp.max_message_bytes) is accepted; 16.5 MiB is refused with
+    552 as the document exceeds the flow's limit, not because of its encoding."""
+    await env.start_gateway(components=("intake", "smtp"))
+
+    def sized(n: int) -> EmailMessage:
+        msg = mail(attach=False)
+        msg.add_attachment(b"x" * n, maintype="application", subtype="xml", filename="d.xml")
+        return msg
+
+    kenmerk = await asyncio.to_thread(submit, env, sized(15 * 1024 * 1024 + 256 * 1024))
+    row = await (await env.conn()).fetchrow(
+        "SELECT size FROM documents WHERE kenmerk = $1 AND seq = 0", kenmerk
+    )
+    assert row["size"] == 15 * 1024 * 1024 + 256 * 1024
+    code, text = await asyncio.to_thread(send, env, sized(16 * 1024 * 1024 + 512 * 1024))
+    assert (code, text[:5]) == (552, "5.3.4"), text
+
+
+def test_raw_mail_limit_is_base64_plus_headroom() -> None:
+    from adapters.smtp.mime import MAIL_HEADROOM
+
+    assert raw_mail_limit(3) == 4 + 2 + MAIL_HEADROOM
+    assert raw_mail_limit(57) == 76 + 2 + MAIL_HEADROOM  # one full base64 line
+    big = 20 * 1024 * 1024
+    assert big * 4 // 3 < raw_mail_limit(big) - MAIL_HEADROOM < big * 4 // 3 * 1.03
 
 
 async def test_concurrent_sessions_are_bounded(env: Env) -> None:
@@ -346,3 +376,18 @@ async def test_submitter_of_the_cli(env: Env) -> None:
     )
     kenmerk = UUID(result["kenmerk"])
     await env.wait_status(kenmerk, "400", recipient=DOUANE)
+
+
+async def test_certificate_refusals_handshake_or_535(env: Env) -> None:
+    """What docs/smtp.md says: an expired or untrusted certificate fails the STARTTLS
+    handshake itself (the client sees a TLS error, the gateway logs and counts
+    tls_handshake); one that verifies in TLS but is revoked (CRL) gets 535 5.7.8 at MAIL."""
+    await env.start_gateway(components=COMPONENTS)
+    for who in ("expired", "untrusted"):
+        try:
+            await asyncio.to_thread(_raw_session, env, who, ["MAIL FROM:<a@b>"])
+        except (ssl.SSLError, smtplib.SMTPServerDisconnected, ConnectionError):
+            continue
+        raise AssertionError(f"{who}: the handshake succeeded")
+    [(code, text)] = await asyncio.to_thread(_raw_session, env, "revoked", ["MAIL FROM:<a@b>"])
+    assert code == 535 and text.startswith(b"5.7.8 Client certificate rejected: revoked")

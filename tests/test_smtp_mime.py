@@ -112,3 +112,57 @@ def test_fuzz_mutated_mail(data: st.DataObject) -> None:
         assert exc.reason in REFUSALS
     else:
         assert result.subject.v and result.attachments
+
+
+def test_return_mail_subject_on_the_subject_line() -> None:
+    """The longest subject (K of 40) has no white space to fold at: it stays on the
+    ``Subject:`` line instead of being moved to a continuation line."""
+    import uuid
+    from datetime import UTC, datetime
+
+    from adapters.smtp.returns import ReturnStatus, render_return_mail
+
+    k = "k" * 40
+    row = {
+        "status_id": 7, "kenmerk": uuid.uuid4(), "code": "400",
+        "tijdstempel": datetime.now(UTC), "omschrijving": "Afgeleverd",
+        "recipient_oin": None, "foutcode": None, "foutbeschrijving": None, "details": None,
+        "sender_oin": ALFA, "aanleverkenmerk": k, "berichtsoort": "Douane-Uitvoer",
+    }  # fmt: skip
+    mail = render_return_mail(ReturnStatus(row), gateway_oin="0" * 20, domain="d.test")
+    subject = f"Subject: [V={'0' * 20}][A={ALFA}][K={k}]\r\n".encode()
+    assert subject in mail
+    assert parse_subject(subject.decode()[9:].strip()).k == k
+
+
+@pytest.mark.parametrize(
+    "subject",
+    [
+        f"[V={ALFA}][K={'k' * 41}]",
+        f"[V={ALFA}][K={'k' * 100}]",  # before: longer than the field pattern, dropped
+        f"[V={ALFA}][A=x][K=abc",  # unterminated: before, free text
+        f"[V={ALFA}][A={'a' * 81}]",
+    ],
+)
+def test_subject_fields_too_long_or_broken_are_refused(subject: str) -> None:
+    with pytest.raises(MailRefused) as info:
+        parse_subject(subject)
+    assert info.value.reason == "bad_subject" and info.value.reply().startswith("554 5.6.0")
+
+
+def test_no_exception_class_names_in_replies() -> None:
+    head = f"Subject: [V={ALFA}]\r\nMIME-Version: 1.0\r\n".encode()
+    no_boundary = head + b"Content-Type: multipart/mixed\r\n\r\nx\r\n"
+    bad_base64 = head + (
+        b'Content-Type: application/xml\r\nContent-Disposition: attachment; filename="d"\r\n'
+        b"Content-Transfer-Encoding: base64\r\n\r\nQUJD*$%\r\n"
+    )
+    replies = []
+    for data in (no_boundary, bad_base64):
+        with pytest.raises(MailRefused) as info:
+            parse_mail(data)
+        replies.append(info.value.reply())
+    assert replies == [
+        "554 5.6.0 Malformed MIME: multipart without boundary",
+        "554 5.6.0 Malformed MIME: invalid base64 characters",
+    ]

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from adapters.ftp.paths import SNIFF_BYTES, mime_type_for
 from digipoort.pki import certificate_file_oin, client_ssl_context
 
 __all__ = ["CLI", "FtpUploadError", "FtpsClient"]
@@ -71,12 +72,19 @@ class FtpsClient:
         file: Path,
         *,
         name: str | None = None,
+        mime_type: str | None = None,
         progress: Callable[[int], None] | None = None,
         retries: int = 5,
     ) -> str:
-        """Upload and return the kenmerk; resumes with REST after a broken connection."""
+        """Upload and return the kenmerk; resumes with REST after a broken connection.
+
+        The MIME type (``mime_type``, else derived from the local file's name or content)
+        is announced with ``SITE MIME``: the remote name (the aanleverkenmerk) may have
+        no extension, so the server cannot derive it from that."""
         remote = f"/in/{berichtsoort}/{name or file.name}"
         total = file.stat().st_size
+        with open(file, "rb") as fh:
+            mime = mime_type or mime_type_for(file.name, fh.read(SNIFF_BYTES))
         attempt = 0
         while True:
             ftp = self.ftp or self.connect()
@@ -87,6 +95,7 @@ class FtpsClient:
                 with open(file, "rb") as fh:
                     fh.seek(offset)
                     ftp.voidcmd(f"ALLO {total}")
+                    ftp.voidcmd(f"SITE MIME {mime}")
                     resp = ftp.storbinary(
                         f"STOR {remote}",
                         fh,
@@ -172,7 +181,13 @@ class _Cli:
                 bar.update(task, advance=n)
 
             try:
-                kenmerk = client.upload(berichtsoort, file, name=aanleverkenmerk, progress=advance)
+                kenmerk = client.upload(
+                    berichtsoort,
+                    file,
+                    name=aanleverkenmerk,
+                    mime_type=mime_type or None,
+                    progress=advance,
+                )
             finally:
                 client.close()
         return {"kenmerk": kenmerk, "berichtsoort": berichtsoort, "bytes": size}

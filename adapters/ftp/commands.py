@@ -25,7 +25,7 @@ KNOWN = frozenset(
 
 #: Commands recognised but refused by design (active mode, renames, directories...).
 NOT_IMPLEMENTED = frozenset(
-    {"PORT", "EPRT", "CCC", "MKD", "RMD", "RNFR", "RNTO", "STOU", "ACCT", "REIN", "SITE"}
+    {"PORT", "EPRT", "CCC", "MKD", "RMD", "RNFR", "RNTO", "STOU", "ACCT", "REIN"}
 )
 
 # Telnet "interrupt process" + "data mark", sent by some clients before ABOR (RFC 959 4.1.3)

@@ -2,8 +2,9 @@
 
 Started by the gateway (``digipoort serve --components intake,ftp``); needs the intake
 component in the same process. Listens on ``ftp.host:ftp.port``; passive data
-connections on ``ftp.passive_port_min..max``. A maintenance task re-reads CRLs and
-removes partial uploads older than ``ftp.partial_ttl_seconds``.
+connections on ``ftp.passive_port_min..max``. Revocation comes from the process's
+revocation service; a maintenance task removes partial uploads older than
+``ftp.partial_ttl_seconds``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from adapters.ftp.partials import PartialArea
 from adapters.ftp.passive import PassivePorts
 from adapters.ftp.session import FtpShared, Session
 from digipoort.app import Gateway
-from digipoort.pki import CertificateVerifier, refresh_crl, server_ssl_context
+from digipoort.pki.wiring import participant_verifier, revocation_service, server_context
 
 log = structlog.get_logger(__name__)
 
@@ -44,27 +45,13 @@ async def start(gateway: Gateway) -> Callable[[], Awaitable[None]]:
     if gateway.intake is None:
         raise RuntimeError("the ftp component needs the intake component in this process")
     assert gateway.pool is not None and gateway.registry is not None and gateway.store
-    pki = s.pki
-    crl_files = [s.resolve(p) for p in pki.crl_files]
-    verifier = CertificateVerifier.from_files(
-        s.resolve(pki.ca_file),
-        crl_files,
-        s.resolve(pki.intermediates_file) if pki.intermediates_file else None,
-        require_crl=pki.require_crl,
-    )
+    revocation = revocation_service(s)
+    await revocation.start()
+    verifier = participant_verifier(s, port="ftp")
     # Client certificate optional in the handshake so that a missing one gets a clear 530
-    # reply; one that is sent must verify (chain, validity, CRL) in the handshake, and the
-    # verifier checks it again (and reads the OIN) before USER is accepted.
-    context = server_ssl_context(
-        s.resolve(pki.cert_file),
-        s.resolve(pki.key_file),
-        s.resolve(pki.ca_file),
-        crl_files[0] if crl_files else None,
-        require_client_cert=False,
-        intermediates_file=s.resolve(pki.intermediates_file) if pki.intermediates_file else None,
-    )
-    for extra in crl_files[1:]:
-        refresh_crl(context, extra)
+    # reply; one that is sent must chain in the handshake, and the verifier checks it
+    # (validity, revocation, OIN) before USER is accepted — a revoked one gets 530.
+    context = server_context(s, "ftp", require_client_cert=False)
     cfg = s.ftp
     shared = FtpShared(
         config=cfg,
@@ -112,9 +99,6 @@ async def start(gateway: Gateway) -> Callable[[], Awaitable[None]]:
         while True:
             await asyncio.sleep(MAINTENANCE_INTERVAL)
             try:
-                verifier.reload_crls()
-                for crl in crl_files:
-                    refresh_crl(context, crl)
                 expired = await asyncio.to_thread(expire_partials, shared)
                 if expired:
                     metrics.PARTIALS_EXPIRED.inc(expired)
@@ -132,5 +116,6 @@ async def start(gateway: Gateway) -> Callable[[], Awaitable[None]]:
         await asyncio.gather(task, *sessions, return_exceptions=True)
         with contextlib.suppress(Exception):
             await server.wait_closed()
+        await revocation.stop()
 
     return stop

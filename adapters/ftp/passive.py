@@ -16,6 +16,7 @@ import ssl
 
 import structlog
 
+from adapters.ftp import metrics
 from adapters.ftp.tlsstream import TlsStream
 
 log = structlog.get_logger(__name__)
@@ -48,7 +49,9 @@ class DataListener:
     def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         if not peer or peer[0] != self._peer_ip or self._conn.full():
-            log.warning("ftp.data_connection_refused", reason="foreign_peer")
+            reason = "data_second_connection" if self._conn.full() else "data_foreign_peer"
+            metrics.REFUSED.labels(reason).inc()  # no reply possible: the socket is reset
+            log.warning("ftp.refused", code=0, reason=reason, peer=peer[0] if peer else None)
             writer.transport.abort()
             return
         self._conn.put_nowait((reader, writer))

@@ -112,10 +112,40 @@ MIME_TYPES = {
 }
 
 
-def mime_type_for(name: str) -> str:
+#: leading bytes -> MIME type, for names without a known extension (the aanleverkenmerk
+#: is the file name, so "K-2026-001" is a normal upload name)
+_MAGIC = (
+    (b"%PDF-", "application/pdf"),
+    (b"PK\x03\x04", "application/zip"),
+    (b"\x1f\x8b", "application/gzip"),
+)
+SNIFF_BYTES = 512
+_MIME_TYPE = re.compile(
+    r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,63}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}"
+)
+
+
+def sniff_mime_type(head: bytes) -> str | None:
+    """The MIME type the first bytes of a document show, or None. XML: an optional BOM
+    and white space, then ``<?xml`` or an element (``<`` + letter)."""
+    for magic, mime in _MAGIC:
+        if head.startswith(magic):
+            return mime
+    text = head.removeprefix(b"\xef\xbb\xbf").lstrip(b" \t\r\n")
+    if text.startswith(b"<?xml") or (len(text) > 1 and text[:1] == b"<" and text[1:2].isalpha()):
+        return "application/xml"
+    return None
+
+
+def mime_type_for(name: str, head: bytes = b"") -> str:
+    """By the name's extension; without a known one by the content (:func:`sniff_mime_type`
+    of its first :data:`SNIFF_BYTES`); else ``application/octet-stream``."""
     dot = name.rfind(".")
-    return (
-        MIME_TYPES.get(name[dot:].lower(), "application/octet-stream")
-        if dot > 0
-        else ("application/octet-stream")
-    )
+    by_name = MIME_TYPES.get(name[dot:].lower()) if dot > 0 else None
+    return by_name or sniff_mime_type(head) or "application/octet-stream"
+
+
+def parse_mime_type(text: str) -> str | None:
+    """``type/subtype`` as given to ``SITE MIME`` (no parameters), lower-cased; or None."""
+    text = text.strip()
+    return text.lower() if _MIME_TYPE.fullmatch(text) else None

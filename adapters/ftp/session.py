@@ -37,9 +37,18 @@ from adapters.ftp.commands import (
 from adapters.ftp.outbox import Outbox
 from adapters.ftp.partials import LimitExceeded, PartialArea, Upload, promote
 from adapters.ftp.passive import DataConnectionError, DataListener, PassivePorts, close_quietly
-from adapters.ftp.paths import Node, PathRefused, check_upload_name, classify, mime_type_for
+from adapters.ftp.paths import (
+    SNIFF_BYTES,
+    Node,
+    PathRefused,
+    check_upload_name,
+    classify,
+    mime_type_for,
+    parse_mime_type,
+)
 from adapters.ftp.paths import normalise as normalise_path
 from adapters.ftp.tlsstream import TlsStream, Truncated
+from adapters.starttls import upgrade
 from digipoort.config import FtpConfig, GroteBerichtenConfig, LimitsConfig
 from digipoort.envelope import Aanlevering, Document, Identiteit, StoredBlob
 from digipoort.intake import Intake, IntakeRefused, IntakeUnavailable
@@ -110,6 +119,7 @@ class Session:
         self.cwd = "/"
         self.rest: int | None = None
         self.allo: int | None = None
+        self.mime: str | None = None  # SITE MIME: the MIME type of the next upload
         self.listener: DataListener | None = None
         self.transfer: asyncio.Task[None] | None = None
         self.closing = False
@@ -233,14 +243,23 @@ class Session:
         if arg.upper() not in ("TLS", "TLS-C", "SSL"):
             await self.refuse(504, "Only AUTH TLS is supported", "auth_mechanism")
             return
-        await self.send(234, "AUTH TLS ok, start the TLS handshake")
         try:
-            await self.writer.start_tls(self.s.ssl_context, ssl_handshake_timeout=30.0)
+            discarded = await upgrade(
+                self.reader,
+                self.writer,
+                self.s.ssl_context,
+                lambda: self.send(234, "AUTH TLS ok, start the TLS handshake"),
+            )
         except (ssl.SSLError, ConnectionError, TimeoutError, OSError) as exc:
             metrics.REFUSED.labels("tls_handshake").inc()
             self.log.info("ftp.refused", code=0, reason="tls_handshake", error=repr(exc)[:200])
             self.closing = True
             return
+        if discarded:  # CVE-2011-0411: plaintext pipelined behind AUTH TLS is never run
+            metrics.REFUSED.labels("pipelined_before_tls").inc()
+            self.log.warning(
+                "ftp.refused", code=0, reason="pipelined_before_tls", discarded=discarded
+            )
         self.tls = True
         sslobj = self.writer.get_extra_info("ssl_object")
         cert = peer_certificate(sslobj) if sslobj is not None else None
@@ -385,6 +404,18 @@ class Session:
             return
         self.rest = offset
         await self.send(350, f"Restarting at {offset}; send STOR, APPE or RETR")
+
+    async def cmd_SITE(self, arg: str) -> None:
+        sub, _, value = arg.partition(" ")
+        if sub.upper() != "MIME":
+            await self.refuse(504, "Only SITE MIME <type/subtype> is supported", "site_unsupported")
+            return
+        mime = parse_mime_type(value)
+        if mime is None:
+            await self.refuse(501, "SITE MIME needs type/subtype, e.g. text/xml", "mime_invalid")
+            return
+        self.mime = mime
+        await self.send(200, f"MIME type of the next upload: {mime}")
 
     async def cmd_ALLO(self, arg: str) -> None:
         size = parse_allo(arg)
@@ -645,6 +676,7 @@ class Session:
     async def _store(self, arg: str, *, append: bool) -> None:
         rest, self.rest = self.rest, None
         allo, self.allo = self.allo, None
+        mime, self.mime = self.mime, None
         if not await self._need_data():
             return
         got = await self.resolve(arg)
@@ -669,7 +701,9 @@ class Session:
         except PathRefused as exc:
             await self.refuse(553, exc.message, exc.reason)
             return
-        aanlevering = self._aanlevering(node.soort, node.name, StoredBlob("0" * 64, 0))
+        aanlevering = self._aanlevering(
+            node.soort, node.name, StoredBlob("0" * 64, 0), mime or mime_type_for(node.name)
+        )
         try:
             self.s.intake.precheck(aanlevering)
         except IntakeRefused as exc:
@@ -701,9 +735,9 @@ class Session:
         self.s.busy.add(key)
         if offset:
             metrics.RESUMES.inc()
-        self._start(self._receive(upload, offset, node.soort, node.name, allo, key))
+        self._start(self._receive(upload, offset, node.soort, node.name, allo, mime, key))
 
-    def _aanlevering(self, soort: str, name: str, blob: StoredBlob) -> Aanlevering:
+    def _aanlevering(self, soort: str, name: str, blob: StoredBlob, mime: str) -> Aanlevering:
         assert self.oin is not None
         return Aanlevering(
             sender_oin=self.oin,
@@ -711,7 +745,7 @@ class Session:
             berichtsoort=soort,
             belanghebbende=Identiteit(self.oin, "OIN"),
             rol_belanghebbende="Bedrijf",
-            inhoud=Document(mime_type_for(name), name, blob=blob),
+            inhoud=Document(mime, name, blob=blob),
             aanleverkenmerk=name,
         )
 
@@ -722,15 +756,22 @@ class Session:
         soort: str,
         name: str,
         allo: int | None,
+        mime: str | None,
         key: tuple[str, str],
     ) -> None:
         try:
-            await self._receive_inner(upload, offset, soort, name, allo)
+            await self._receive_inner(upload, offset, soort, name, allo, mime)
         finally:
             self.s.busy.discard(key)
 
     async def _receive_inner(
-        self, upload: Upload, offset: int, soort: str, name: str, allo: int | None
+        self,
+        upload: Upload,
+        offset: int,
+        soort: str,
+        name: str,
+        allo: int | None,
+        mime: str | None,
     ) -> None:
         await self.send(150, f"Ready to receive {name} at offset {offset}")
         stream = await self._data()
@@ -782,9 +823,12 @@ class Session:
             )
             return
         elapsed = max(time.monotonic() - started, 1e-6)
+        if mime is None:  # no SITE MIME: by the name, else by the first bytes
+            head = await asyncio.to_thread(_head, upload.area.file(upload.vpath))
+            mime = mime_type_for(name, head)
         blob = await promote(upload, self.s.store)
         try:
-            accepted = await self.s.intake.aanleveren(self._aanlevering(soort, name, blob))
+            accepted = await self.s.intake.aanleveren(self._aanlevering(soort, name, blob, mime))
         except IntakeRefused as exc:
             metrics.UPLOADS.labels("refused").inc()
             await self.refuse(
@@ -804,10 +848,16 @@ class Session:
             kenmerk=str(accepted.kenmerk),
             size=blob.size,
             sha256=blob.sha256,
+            mime_type=mime,
             resumed_from=offset,
             mb_per_s=round((upload.size - offset) / elapsed / 1e6, 1),
         )
         await self.send(226, f"Transfer complete; kenmerk {accepted.kenmerk}; status /out/{status}")
+
+
+def _head(path: Path) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read(SNIFF_BYTES)
 
 
 def _format(style: str, name: str, is_dir: bool, size: int, mtime: float) -> str:

@@ -24,7 +24,14 @@ from typing import Any
 from adapters.smtp.codes import MailRefused
 from adapters.smtp.subject import SubjectFields, parse_subject
 
-__all__ = ["Attachment", "ParsedMail", "SignedPart", "parse_mail", "safe_filename"]
+__all__ = [
+    "Attachment",
+    "ParsedMail",
+    "SignedPart",
+    "parse_mail",
+    "raw_mail_limit",
+    "safe_filename",
+]
 
 MAX_HEADER_BYTES = 64 * 1024
 MAX_DEPTH = 8
@@ -33,15 +40,16 @@ _HEADER_END = re.compile(rb"\r?\n\r?\n")
 _BARE_CR = re.compile(rb"\r(?!\n)|\x00")
 _SIGNATURE_TYPES = frozenset({"application/pkcs7-signature", "application/x-pkcs7-signature"})
 _OPAQUE_TYPES = frozenset({"application/pkcs7-mime", "application/x-pkcs7-mime"})
-_FATAL_DEFECTS: tuple[type[email.errors.MessageDefect], ...] = (
-    email.errors.NoBoundaryInMultipartDefect,
-    email.errors.StartBoundaryNotFoundDefect,
-    email.errors.MultipartInvariantViolationDefect,
-    email.errors.InvalidMultipartContentTransferEncodingDefect,
-    email.errors.InvalidBase64CharactersDefect,
-    email.errors.InvalidBase64LengthDefect,
-    email.errors.MissingHeaderBodySeparatorDefect,
-)
+# the defects that make a mail unusable, with the text the sender sees (never a class name)
+_FATAL_DEFECTS: dict[type[email.errors.MessageDefect], str] = {
+    email.errors.NoBoundaryInMultipartDefect: "multipart without boundary",
+    email.errors.StartBoundaryNotFoundDefect: "multipart boundary not found",
+    email.errors.MultipartInvariantViolationDefect: "inconsistent multipart",
+    email.errors.InvalidMultipartContentTransferEncodingDefect: "encoded multipart",
+    email.errors.InvalidBase64CharactersDefect: "invalid base64 characters",
+    email.errors.InvalidBase64LengthDefect: "invalid base64 length",
+    email.errors.MissingHeaderBodySeparatorDefect: "no blank line after the header",
+}
 
 
 @dataclass(frozen=True)
@@ -73,6 +81,18 @@ class ParsedMail:
     @property
     def bijlagen(self) -> tuple[Attachment, ...]:
         return self.attachments[1:]
+
+
+#: room for the header section, text parts and MIME structure around the attachments
+MAIL_HEADROOM = 1024 * 1024
+
+
+def raw_mail_limit(max_decoded: int) -> int:
+    """The size a mail may have on the wire when its attachments may hold ``max_decoded``
+    bytes: base64 makes 4 octets of every 3 and adds CRLF after every 76 (RFC 2045), plus
+    :data:`MAIL_HEADROOM`. The decoded documents are then checked against the flow."""
+    encoded = -(-max_decoded // 3) * 4
+    return encoded + -(-encoded // 76) * 2 + MAIL_HEADROOM
 
 
 class _PartLimit(Exception):
@@ -107,16 +127,16 @@ def parse_mail(
         msg = parser.close()
     except _PartLimit:
         raise MailRefused("too_many_parts", f"more than {max_parts}") from None
-    except Exception as exc:  # the stdlib parser is lenient; anything else is malformed
-        raise MailRefused("malformed_mime", type(exc).__name__) from None
+    except Exception:  # the stdlib parser is lenient; anything else is malformed
+        raise MailRefused("malformed_mime", "unparseable") from None
     try:
         return _interpret(data, msg)
     except MailRefused:
         raise
     except (RecursionError, _PartLimit):
         raise MailRefused("too_many_parts", "nested too deeply") from None
-    except Exception as exc:
-        raise MailRefused("malformed_mime", type(exc).__name__) from None
+    except Exception:
+        raise MailRefused("malformed_mime", "unparseable") from None
 
 
 def _single_header(msg: Message, name: str) -> str | None:
@@ -164,8 +184,9 @@ def _interpret(data: bytes, msg: Message) -> ParsedMail:
 
 def _check_defects(part: Message) -> None:
     for defect in part.defects:
-        if isinstance(defect, _FATAL_DEFECTS):
-            raise MailRefused("malformed_mime", type(defect).__name__)
+        for kind, text in _FATAL_DEFECTS.items():
+            if isinstance(defect, kind):
+                raise MailRefused("malformed_mime", text)
 
 
 def _signed(data: bytes, msg: Message) -> tuple[SignedPart, Message]:

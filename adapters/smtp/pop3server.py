@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import ssl
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 
 import asyncpg
 import structlog
@@ -34,8 +35,10 @@ from adapters.smtp.pop3proto import (
     top,
 )
 from adapters.smtp.server import tls_context, verifiers
+from adapters.starttls import upgrade
 from digipoort.app import Gateway
 from digipoort.pki import CertificateRejected, CertificateVerifier, peer_certificate
+from digipoort.pki.wiring import revocation_service
 
 log = structlog.get_logger(__name__)
 
@@ -62,8 +65,10 @@ class Pop3Server:
         self.writers: set[asyncio.StreamWriter] = set()
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.active >= self.max_sessions:
+        peer = str(writer.get_extra_info("peername"))
+        if self.active >= self.max_sessions:  # no await before the count: atomic
             metrics.POP3_SESSIONS.labels("busy").inc()
+            self._refused("busy", peer, None)
             writer.write(b"-ERR [SYS/TEMP] too many sessions, try again later\r\n")
             with contextlib.suppress(Exception):
                 await writer.drain()
@@ -74,14 +79,17 @@ class Pop3Server:
         metrics.POP3_ACTIVE.inc()
         metrics.POP3_SESSIONS.labels("opened").inc()
         session = Pop3Session()
-        peer = str(writer.get_extra_info("peername"))
         try:
             await self._serve(reader, writer, session, peer)
         except TimeoutError:
             metrics.POP3_SESSIONS.labels("timeout").inc()
+            self._refused("timeout", peer, session.user)
             with contextlib.suppress(Exception):
                 writer.write(b"-ERR [SYS/TEMP] timeout\r\n")
-        except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError) as exc:
+        except ssl.SSLError as exc:  # no reply possible
+            reason = "tls_error" if session.tls else "tls_handshake"  # during/after STLS
+            self._refused(reason, peer, session.user, error=exc.reason or "ssl_error")
+        except (ConnectionError, asyncio.IncompleteReadError) as exc:
             log.info("pop3.connection_lost", peer=peer, error=type(exc).__name__)
         except Exception:
             log.exception("pop3.session_failed", peer=peer)
@@ -109,7 +117,8 @@ class Pop3Server:
                 try:
                     line = await reader.readuntil(b"\n")
                 except asyncio.LimitOverrunError:
-                    await self._send(writer, session.error("line too long", "line_too_long"))
+                    too_long = session.error("line too long", "line_too_long")
+                    await self._send(writer, too_long, peer, session)
                     return
                 except asyncio.IncompleteReadError:
                     return
@@ -119,13 +128,21 @@ class Pop3Server:
                 action = session.error(str(exc), "syntax")
             reply = await self._perform(action, session, reader, writer, peer)
             if reply is not None:
-                await self._send(writer, reply)
+                await self._send(writer, reply, peer, session)
                 if reply.close:
                     return
 
-    async def _send(self, writer: asyncio.StreamWriter, reply: Reply) -> None:
-        if not reply.ok and reply.reason:
-            metrics.POP3_COMMANDS_REFUSED.labels(reply.reason).inc()
+    @staticmethod
+    def _refused(reason: str, peer: str, user: str | None, **detail: object) -> None:
+        """Every refusal: one log line ``pop3.refused`` and ``digipoort_pop3_refused_total``."""
+        metrics.POP3_COMMANDS_REFUSED.labels(reason).inc()
+        log.info("pop3.refused", peer=peer, reason=reason, user=(user or "")[:40], **detail)
+
+    async def _send(
+        self, writer: asyncio.StreamWriter, reply: Reply, peer: str, session: Pop3Session
+    ) -> None:
+        if not reply.ok and reply.reason:  # reason None: counted where it was decided
+            self._refused(reply.reason, peer, session.user)
         writer.write(reply.render())
         await writer.drain()
 
@@ -138,13 +155,15 @@ class Pop3Server:
         peer: str,
     ) -> Reply | None:
         if isinstance(action, Reply):
-            if not action.ok:
-                log.info("pop3.refused", peer=peer, reason=action.reason, user=session.user)
             return action
         if isinstance(action, StartTls):
-            await self._send(writer, action.reply)
-            await writer.start_tls(self.context)
-            session.tls_started(*self._certificate(writer))
+            go_ahead = action.reply
+            discarded = await upgrade(
+                reader, writer, self.context, lambda: self._send(writer, go_ahead, peer, session)
+            )
+            if discarded:  # CVE-2011-0411: plaintext pipelined behind STLS is never run
+                self._refused("pipelined_before_tls", peer, None, discarded=discarded)
+            session.tls_started(*await self._certificate(writer))
             return None
         if isinstance(action, Authenticate):
             return await self._login(action, session, peer)
@@ -165,18 +184,22 @@ class Pop3Server:
             )
         except Exception as exc:
             log.error("pop3.delete_failed", user=session.user, error=repr(exc))
-            return Reply(False, "[SYS/TEMP] deleted messages not removed", close=True)
+            return Reply(
+                False, "[SYS/TEMP] deleted messages not removed", close=True, reason="delete_failed"
+            )
         metrics.RETURN_MAILS_DELETED.inc(removed)
         log.info("pop3.quit", user=session.user, deleted=removed)
         return Reply(True, f"bye ({removed} messages deleted)", close=True)
 
-    def _certificate(self, writer: asyncio.StreamWriter) -> tuple[str | None, str | None]:
+    async def _certificate(
+        self, writer: asyncio.StreamWriter
+    ) -> tuple[str | None, str | None]:
         ssl_object = writer.get_extra_info("ssl_object")
         cert = peer_certificate(ssl_object) if ssl_object is not None else None
         if cert is None:
             return None, None
-        try:
-            return self.verifier.verify(cert).oin, None
+        try:  # the shared revocation service: a revoked certificate cannot log in
+            return (await self.verifier.verify_async(cert)).oin, None
         except CertificateRejected as rejected:
             return None, rejected.reason
 
@@ -189,8 +212,8 @@ class Pop3Server:
                 ok = await asyncio.to_thread(verify_password, action.password or "", stored)
         if not ok:
             metrics.POP3_SESSIONS.labels("auth_failed").inc()
-            log.info("pop3.login_failed", peer=peer, user=user[:40])  # never the password
-            return session.login_failed()
+            self._refused("auth_failed", peer, user)  # never the password
+            return replace(session.login_failed(), reason=None)  # counted just now
         if user in self.locked:
             session.user = None
             return Reply(False, "[IN-USE] mailbox in use", reason="in_use")
@@ -209,11 +232,13 @@ class Pop3Server:
 async def start(gateway: Gateway) -> Callable[[], Awaitable[None]]:
     s = gateway.settings
     assert gateway.pool is not None
-    verifier, _ = verifiers(s)
+    revocation = revocation_service(s)
+    await revocation.start()
+    verifier, _ = verifiers(s, "pop3")
     pop3 = Pop3Server(
         gateway.pool,
         verifier,
-        tls_context(s),
+        tls_context(s, "pop3"),
         timeout=s.pop3.timeout_seconds,
         max_sessions=s.pop3.max_sessions,
     )
@@ -229,5 +254,6 @@ async def start(gateway: Gateway) -> Callable[[], Awaitable[None]]:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(5):
                 await server.wait_closed()
+        await revocation.stop()
 
     return stop

@@ -44,7 +44,8 @@ import structlog
 
 from adapters.smtp.subject import format_subject
 from digipoort.envelope import EnvelopeRecord
-from digipoort.pki import client_ssl_context
+from digipoort.pki import CertificateRejected, client_ssl_context
+from digipoort.pki.wiring import PeerCheck
 from routing.aflever_body import RecipientDocument
 from routing.deliverer import DeliveryFailed, DeliveryRefused, Outgoing
 
@@ -170,6 +171,13 @@ def _reply_text(exc: aiosmtplib.SMTPResponseException) -> str:
     return f"SMTP {exc.code} {_clean(exc.message)}".strip()
 
 
+def _tls_reason(exc: ssl.SSLError) -> str:
+    """OpenSSL's reason, and for a refused certificate why (e.g. "certificate revoked")."""
+    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
+        return f"{exc.reason} ({exc.verify_message})"
+    return str(exc.reason)
+
+
 class SmtpRelay:
     """The ``smtp`` :data:`routing.deliverer.Sender`."""
 
@@ -182,8 +190,11 @@ class SmtpRelay:
         sender: str,
         domain: str,
         timeout: float = 30.0,
+        ssl_context: ssl.SSLContext | None = None,
+        peer_check: PeerCheck | None = None,
     ) -> None:
-        self._ssl = client_ssl_context(cert_file, key_file, ca_file)
+        self._ssl = ssl_context or client_ssl_context(cert_file, key_file, ca_file)
+        self._peer_check = peer_check
         self._sender = sender
         self._domain = domain
         self._timeout = timeout
@@ -212,6 +223,15 @@ class SmtpRelay:
             size=len(data),
         )
 
+    async def _check_peer(self, smtp: aiosmtplib.SMTP) -> None:
+        """The MTA's certificate, checked for revocation (CRL and OCSP) before any mail."""
+        if self._peer_check is None:
+            return
+        try:
+            await self._peer_check.check(smtp.get_transport_info("ssl_object"))
+        except CertificateRejected as exc:
+            raise DeliveryFailed(f"servercertificaat van de MTA afgewezen ({exc.reason})") from None
+
     async def _deliver(self, target: RelayTarget, data: bytes) -> None:
         smtp = aiosmtplib.SMTP(
             hostname=target.host,
@@ -230,6 +250,7 @@ class SmtpRelay:
                 await smtp.starttls(tls_context=self._ssl, server_hostname=target.host)
                 if smtp.get_transport_info("sslcontext") is None:
                     raise DeliveryFailed("TLS niet tot stand gekomen")
+                await self._check_peer(smtp)
                 await smtp.ehlo()
                 await smtp.sendmail(self._sender, [target.address], data)
             # 250 to the end of DATA: delivered. QUIT is a courtesy and cannot undo that.
@@ -253,13 +274,13 @@ class SmtpRelay:
             raise DeliveryFailed(_reply_text(exc)) from None
         except ssl.SSLError as exc:
             raise DeliveryFailed(
-                f"TLS met {target.host}:{target.port} mislukt: {exc.reason}"
+                f"TLS met {target.host}:{target.port} mislukt: {_tls_reason(exc)}"
             ) from None
         except (aiosmtplib.SMTPException, OSError) as exc:
             cause = exc.__cause__ or exc.__context__
             if isinstance(cause, ssl.SSLError):
                 raise DeliveryFailed(
-                    f"TLS met {target.host}:{target.port} mislukt: {cause.reason}"
+                    f"TLS met {target.host}:{target.port} mislukt: {_tls_reason(cause)}"
                 ) from None
             raise DeliveryFailed(
                 f"verbinding met {target.host}:{target.port} mislukt: {type(exc).__name__}"

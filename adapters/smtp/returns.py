@@ -56,9 +56,15 @@ class ReturnStatus:
         self.berichtsoort: str = row["berichtsoort"]
 
 
+# The subject has no white space to fold at: with the default 78 the email package would
+# put the whole value on a continuation line ("Subject:" CRLF SP "[V=..."). RFC 5322
+# allows lines up to 998 octets; the subject is at most ~110.
+_POLICY = policy.SMTP.clone(max_line_length=998)
+
+
 def render_return_mail(r: ReturnStatus, *, gateway_oin: str, domain: str) -> bytes:
     """The return mail (RFC 5322, CRLF): subject ``[V=<gateway>][A=<sender>][K=<ref>]``."""
-    msg = EmailMessage(policy=policy.SMTP)
+    msg = EmailMessage(policy=_POLICY)
     msg["From"] = f"digipoort@{domain}"
     msg["To"] = f"{r.sender_oin}@{domain}"
     msg["Subject"] = format_subject(gateway_oin, r.sender_oin, r.aanleverkenmerk)
@@ -83,7 +89,7 @@ def render_return_mail(r: ReturnStatus, *, gateway_oin: str, domain: str) -> byt
     if r.details:
         lines += ["Details:", *r.details.splitlines()]
     msg.set_content("\n".join(lines) + "\n", charset="utf-8")
-    return msg.as_bytes(policy=policy.SMTP)
+    return msg.as_bytes(policy=_POLICY)
 
 
 _TAKE = """

@@ -3,7 +3,10 @@
 aiosmtpd runs on the gateway's own event loop. Per session: STARTTLS before MAIL (530),
 a verified client certificate before MAIL (530/535), one flow address per mail (RCPT),
 SIZE advertised and enforced while reading DATA (aiosmtpd discards everything past the
-limit, so memory stays flat; 552). The message is parsed by the pure
+limit, so memory stays flat; 552). That raw limit is the base64 size of
+``smtp.max_message_bytes`` plus headroom (:func:`~adapters.smtp.mime.raw_mail_limit`);
+the decoded attachments must fit ``smtp.max_message_bytes`` and each document its flow's
+limit (intake). The message is parsed by the pure
 :func:`adapters.smtp.mime.parse_mail` in a worker thread, optionally S/MIME-verified,
 handed to intake, and only after intake committed answered ``250 2.0.0 ... kenmerk``.
 """
@@ -11,20 +14,22 @@ handed to intake, and only after intake committed answered ``250 2.0.0 ... kenme
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException, syntax
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from adapters.smtp import metrics, store
-from adapters.smtp.codes import REFUSALS, MailRefused, intake_refusal
+from adapters.smtp.codes import MailRefused, Refusal, intake_refusal, protocol_refusal
 from adapters.smtp.flows import resolve_flow, smime_required
-from adapters.smtp.mime import ParsedMail, parse_mail
+from adapters.smtp.mime import ParsedMail, parse_mail, raw_mail_limit
 from adapters.smtp.smime import SmimeInvalid, verify_detached
+from adapters.starttls import discard_buffered
 from digipoort.app import Gateway
 from digipoort.config import Settings
 from digipoort.envelope import Aanlevering, Document, Identiteit
@@ -35,30 +40,19 @@ from digipoort.pki import (
     VerifiedIdentity,
     is_valid_oin,
     peer_certificate,
-    server_ssl_context,
 )
+from digipoort.pki.wiring import participant_verifier, revocation_service, server_context
 
 log = structlog.get_logger(__name__)
 
 __all__ = ["SmtpHandler", "start"]
 
-# aiosmtpd's own replies, given enhanced status codes (RFC 3463) and counted as refusals
-_REWRITES: dict[str, str] = {
-    "530 Must issue a STARTTLS command first": "starttls_required",
-    "552 Error: Too much mail data": "too_large",
-    "552 Error: message size exceeds fixed maximum message size": "too_large",
-}
-_PROTOCOL_ERRORS = (
-    ("500 Line too long", "500 5.5.2 Line too long"),
-    ("500 Command line too long", "500 5.5.2 Command line too long"),
-    ("500 Error: bad syntax", "500 5.5.2 Syntax error"),
-)
 
-
-def _refuse(exc: MailRefused, **context: Any) -> str:
+def _refuse(exc: MailRefused, **context: Any) -> Refusal:
+    """Every refusal: one log line ``smtp.refused`` and ``digipoort_smtp_refused_total``."""
     metrics.SMTP_REFUSED.labels(exc.reason).inc()
     log.info("smtp.refused", reason=exc.reason, detail=exc.detail, **context)
-    return exc.reply()
+    return Refusal(exc.reply())
 
 
 class SmtpHandler:
@@ -97,7 +91,21 @@ class SmtpHandler:
         responses: list[str],
     ) -> list[str]:
         session.host_name = hostname
-        return [*responses[:-1], "250-ENHANCEDSTATUSCODES", responses[-1]]
+        # no AUTH line: there are no mechanisms (the client certificate authenticates)
+        kept = [r for r in responses[:-1] if not r.startswith("250-AUTH")]
+        return [*kept, "250-ENHANCEDSTATUSCODES", responses[-1]]
+
+    async def handle_exception(self, error: Exception) -> str:
+        """aiosmtpd's last resort: never a traceback or a class name in the reply."""
+        if isinstance(error, TLSSetupException):  # the STARTTLS handshake failed
+            cause = error.__cause__
+            reason = getattr(cause, "reason", None) or type(cause).__name__
+            metrics.SMTP_REFUSED.labels("tls_handshake").inc()
+            log.info("smtp.refused", reason="tls_handshake", detail=str(reason)[:200])
+            return ""  # aiosmtpd closes the connection; nothing is sent
+        metrics.SMTP_REFUSED.labels("internal_error").inc()
+        log.error("smtp.refused", reason="internal_error", exc_info=error)
+        return Refusal(MailRefused("internal_error").reply())
 
     async def handle_MAIL(
         self,
@@ -114,6 +122,8 @@ class SmtpHandler:
             refusal = ident if isinstance(ident, MailRefused) else None
             refusal = refusal or MailRefused("client_cert_required")
             return _refuse(refusal, peer=str(session.peer))
+        if any(not c.isprintable() for c in address):  # NUL, CR, bidi controls, ...
+            return _refuse(MailRefused("bad_mail_from"), sender_oin=ident.oin)
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 2.1.0 OK"
@@ -160,8 +170,7 @@ class SmtpHandler:
             return _refuse(MailRefused("unavailable"), error=str(exc), **ctx)
         except Exception as exc:  # never leak internals as aiosmtpd's "500 Error: ..."
             metrics.SMTP_MESSAGES.labels("error").inc()
-            log.exception("smtp.data_failed", **ctx)
-            return _refuse(MailRefused("unavailable"), error=type(exc).__name__, **ctx)
+            return _refuse(MailRefused("unavailable"), exc_info=exc, **ctx)
         metrics.SMTP_MESSAGES.labels("accepted").inc()
         log.info("smtp.accepted", kenmerk=kenmerk, **ctx)
         return f"250 2.0.0 OK: queued as kenmerk {kenmerk}"
@@ -173,6 +182,11 @@ class SmtpHandler:
         data = envelope.original_content or b""
         parsed = await asyncio.to_thread(parse_mail, data, max_parts=s.max_parts)
         ctx["message_id"] = (parsed.message_id or "")[:100]
+        decoded = sum(len(att.content) for att in parsed.attachments)
+        if decoded > s.max_message_bytes:  # each document: the flow's limit, at intake
+            raise MailRefused(
+                "too_large", f"attachments {decoded} bytes, at most {s.max_message_bytes}"
+            )
         if parsed.subject.v != ident.oin:
             raise MailRefused("sender_mismatch", f"V={parsed.subject.v}")
         assert self.gateway.registry is not None and self.gateway.intake is not None
@@ -267,78 +281,104 @@ class _Smtp(SMTP):
         super().__init__(*args, **kwargs)
         self._sessions = sessions
         self._counted = False
+        self._busy = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # Called for the TCP connection and again after STARTTLS (the TLS transport).
+        # The cap is decided here, synchronously, so no arrival pattern gets past it
+        # (deciding in the protocol factory lets a burst of accepts through).
         if not self._counted:
+            if self._sessions.active >= self._sessions.limit:
+                self._busy = True
+                metrics.SMTP_SESSIONS.labels("busy").inc()
+                peer = str(transport.get_extra_info("peername"))
+                reply = _refuse(MailRefused("busy"), peer=peer)
+                assert isinstance(transport, asyncio.WriteTransport)
+                transport.write(reply.encode() + b"\r\n")
+                transport.close()
+                return
             self._counted = True
             self._sessions.active += 1
             metrics.SMTP_ACTIVE.inc()
             metrics.SMTP_SESSIONS.labels("opened").inc()
+        elif self._tls_protocol is not None:  # STARTTLS handshake done
+            # Plaintext pipelined behind STARTTLS is never run (CVE-2011-0411; aiosmtpd
+            # >= 1.4.6 discards it too, in super().connection_made).
+            pipelined = discard_buffered(self._reader)
+            if pipelined:
+                metrics.SMTP_REFUSED.labels("pipelined_before_tls").inc()
+                log.warning(
+                    "smtp.refused",
+                    reason="pipelined_before_tls",
+                    discarded=pipelined,
+                    peer=str(transport.get_extra_info("peername")),
+                )
         super().connection_made(transport)
 
     def connection_lost(self, error: Exception | None) -> None:
+        if self._busy:
+            return  # the session never started
         if self._counted:
             self._counted = False
             self._sessions.active -= 1
             metrics.SMTP_ACTIVE.dec()
         super().connection_lost(error)
 
+    def _timeout_cb(self) -> None:  # aiosmtpd closes an idle session without a word
+        transport = self.transport
+        if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
+            reply = _refuse(MailRefused("timeout"), peer=self._peer())
+            transport.write(reply.encode() + b"\r\n")
+        super()._timeout_cb()  # type: ignore[no-untyped-call]
+
+    def _peer(self) -> str:
+        return str(self.session.peer) if self.session else ""
+
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        if self._tls_protocol is not None:  # no nested handshake inside TLS
+            await self.push(_refuse(MailRefused("starttls_twice"), peer=self._peer()))
+            return
+        await super().smtp_STARTTLS(arg)
+
+    @syntax("AUTH <mechanism>")
+    async def smtp_AUTH(self, arg: str) -> None:
+        await self.push(_refuse(MailRefused("auth_not_supported"), peer=self._peer()))
+
     async def push(self, status: Any) -> None:
-        reason = _REWRITES.get(status) if isinstance(status, str) else None
-        if reason is not None:
-            peer = str(self.session.peer) if self.session else ""
-            status = _refuse(MailRefused(reason), peer=peer)
-        else:
-            for prefix, replacement in _PROTOCOL_ERRORS if isinstance(status, str) else ():
-                if status.startswith(prefix):
-                    status = replacement
-                    break
+        found = protocol_refusal(status) if isinstance(status, str) else None
+        if found is not None:  # one of aiosmtpd's own refusals
+            reason, reply = found
+            metrics.SMTP_REFUSED.labels(reason).inc()
+            log.info("smtp.refused", reason=reason, detail=status[:120], peer=self._peer())
+            status = reply
         await super().push(status)
 
 
-class _Busy(asyncio.Protocol):
-    """Answers 421 and closes: the session limit is reached."""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        metrics.SMTP_SESSIONS.labels("busy").inc()
-        metrics.SMTP_REFUSED.labels("busy").inc()
-        r = REFUSALS["busy"]
-        assert isinstance(transport, asyncio.WriteTransport)
-        transport.write(f"{r.code} {r.enhanced} {r.text}\r\n".encode())
-        transport.close()
-
-
-def verifiers(settings: Settings) -> tuple[CertificateVerifier, CertificateVerifier]:
-    pki = settings.pki
-    ca = settings.resolve(pki.ca_file)
-    crls = [settings.resolve(p) for p in pki.crl_files]
-    chain = settings.resolve(pki.intermediates_file) if pki.intermediates_file else None
-    tls = CertificateVerifier.from_files(ca, crls, chain, require_crl=pki.require_crl)
-    smime = CertificateVerifier.from_files(
-        ca, crls, chain, require_crl=pki.require_crl, required_eku=None
+def verifiers(
+    settings: Settings, port: str = "smtp"
+) -> tuple[CertificateVerifier, CertificateVerifier]:
+    """TLS client certificates and S/MIME signers; both ask the process's revocation
+    service (refreshed in the background), so a revocation reaches SMTP and POP3."""
+    return (
+        participant_verifier(settings, port=port),
+        participant_verifier(settings, required_eku=None, port=f"{port}_smime"),
     )
-    return tls, smime
 
 
-def tls_context(settings: Settings) -> ssl.SSLContext:
+def tls_context(settings: Settings, port: str = "smtp") -> ssl.SSLContext:
     """TLS 1.2+, client certificate requested (and chain-verified if sent). Revocation
     and the OIN are checked by the CertificateVerifier, so a missing or revoked
     certificate gets a precise SMTP/POP3 reply instead of a failed handshake."""
-    pki = settings.pki
-    return server_ssl_context(
-        settings.resolve(pki.cert_file),
-        settings.resolve(pki.key_file),
-        settings.resolve(pki.ca_file),
-        None,
-        require_client_cert=False,
-        intermediates_file=(
-            settings.resolve(pki.intermediates_file) if pki.intermediates_file else None
-        ),
-    )
+    return server_context(settings, port, require_client_cert=False)
 
 
 async def start(gateway: Gateway) -> Callable[[], Awaitable[None]]:
     s = gateway.settings
+    revocation = revocation_service(s)
+    await revocation.start()
+    # aiosmtpd's own stdlib log lines ("unrecognised: X", per-session info) repeat what
+    # our structured smtp.* lines say; keep only its errors.
+    logging.getLogger("mail.log").setLevel(logging.ERROR)
     tls_verifier, smime_verifier = verifiers(s)
     context = tls_context(s)
     handler = SmtpHandler(gateway, tls_verifier, smime_verifier)
@@ -346,12 +386,10 @@ async def start(gateway: Gateway) -> Callable[[], Awaitable[None]]:
     loop = asyncio.get_running_loop()
 
     def factory() -> asyncio.BaseProtocol:
-        if sessions.active >= sessions.limit:
-            return _Busy()
         return _Smtp(
             sessions,
             handler,
-            data_size_limit=s.smtp.max_message_bytes,
+            data_size_limit=raw_mail_limit(s.smtp.max_message_bytes),
             hostname=s.smtp.domain,
             tls_context=context,
             require_starttls=True,
@@ -364,22 +402,13 @@ async def start(gateway: Gateway) -> Callable[[], Awaitable[None]]:
     server = await loop.create_server(factory, s.smtp.host, s.smtp.port, reuse_port=True)
     log.info("smtp.listening", host=s.smtp.host, port=s.smtp.port, domain=s.smtp.domain)
 
-    async def maintenance() -> None:
-        while True:
-            await asyncio.sleep(60)
-            tls_verifier.reload_crls()
-            smime_verifier.reload_crls()
-
-    task = loop.create_task(maintenance())
-
     async def stop() -> None:
-        task.cancel()
         server.close()
-        await asyncio.gather(task, return_exceptions=True)
         try:
             async with asyncio.timeout(5):
                 await server.wait_closed()
         except TimeoutError:
             log.warning("smtp.stop_timeout")
+        await revocation.stop()
 
     return stop

@@ -78,8 +78,8 @@ def verify_detached(signed_bytes: bytes, signature_der: bytes) -> SmimeSigner:
         _verify_signature(signer, si, digest_name, to_verify)
     except SmimeInvalid:
         raise
-    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
-        raise SmimeInvalid(f"malformed signature ({type(exc).__name__})") from None
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+        raise SmimeInvalid("malformed signature") from None
     chain = tuple(c for c in certs if c is not signer)
     return SmimeSigner(signer, chain, digest_name)
 

@@ -10,8 +10,11 @@ from adapters.smtp.codes import MailRefused
 
 __all__ = ["SubjectFields", "format_subject", "parse_subject"]
 
-_FIELD = re.compile(r"\[([A-Za-z])=([^\[\]]{0,80})\]")
+_FIELD = re.compile(r"\[([A-Za-z])=([^\[\]]*)\]")
+_LOOKS_LIKE_FIELD = re.compile(r"\[[A-Za-z]=")
 _MAX_SUBJECT = 998
+_MAX_FIELD = 80
+_MAX_K = 40  # K is the aanleverkenmerk: at most 40 (koppelvlak XSD)
 _KNOWN = frozenset("VAKS")
 
 
@@ -39,12 +42,17 @@ def parse_subject(subject: str) -> SubjectFields:
     while pos < len(text):
         m = _FIELD.match(text, pos)
         if m is None:
-            if fields:  # trailing free text after the fields is allowed
+            # trailing free text after the fields is allowed, but not text that starts
+            # like a field ("[K=" without its "]"): that field would be lost silently
+            if fields and not _LOOKS_LIKE_FIELD.match(text, pos):
                 break
             raise MailRefused("bad_subject")
         key = m.group(1).upper()
         if key in fields:
             raise MailRefused("bad_subject", f"field {key} given twice")
+        limit = _MAX_K if key == "K" else _MAX_FIELD
+        if len(m.group(2).strip()) > limit:
+            raise MailRefused("bad_subject", f"[{key}=...] longer than {limit} characters")
         if key in _KNOWN:
             fields[key] = _clean(m.group(2))
         pos = m.end()
@@ -53,8 +61,6 @@ def parse_subject(subject: str) -> SubjectFields:
     if not fields.get("V"):
         raise MailRefused("bad_subject", "[V=<sender OIN>] is required")
     k = fields.get("K") or None
-    if k is not None and len(k) > 40:
-        raise MailRefused("bad_subject", "K (aanleverkenmerk) longer than 40 characters")
     return SubjectFields(v=fields["V"], a=fields.get("A") or None, k=k, s=fields.get("S") or None)
 
 

@@ -4,7 +4,9 @@ SOAP 1.1 + WS-Addressing (To = the recipient's URL, a fresh MessageID, Action
 ``…/afleverservice/1.2/AfleverService/afleverenRequest``), WS-Security signed with the
 gateway certificate (``pki.cert_file``/``key_file``), over mutual TLS (the same
 certificate as client certificate; the recipient's server certificate verified against
-``pki.ca_file`` and its host name). Success is only a valid afleverResponse: HTTP 200,
+``pki.ca_file`` and its host name, and checked for revocation — in the handshake
+against the revocation service's CRLs, and after it by :class:`~digipoort.pki.wiring.PeerCheck`,
+which also sees OCSP). Success is only a valid afleverResponse: HTTP 200,
 signature valid, RelatesTo = our MessageID, the signing certificate trusted (chain, CRL)
 and carrying **that recipient's OIN**, and the response's kenmerk = ours. Everything else
 raises :class:`routing.deliverer.DeliveryFailed` with a short reason (retried, 420).
@@ -13,6 +15,7 @@ raises :class:`routing.deliverer.DeliveryFailed` with a short reason (retried, 4
 from __future__ import annotations
 
 import asyncio
+import ssl
 from pathlib import Path
 from typing import Final
 from uuid import UUID
@@ -35,6 +38,7 @@ from adapters.wus.soap import (
 from adapters.wus.wssecurity import WSSecurityError, sign_envelope, verify_envelope
 from digipoort.config import redact_url
 from digipoort.pki import CertificateRejected, CertificateVerifier, client_ssl_context
+from digipoort.pki.wiring import PeerCheck, PeerRejected
 from digipoort.registry import Participant
 from routing.deliverer import DeliveryFailed
 
@@ -63,8 +67,11 @@ class AfleverClient:
         verifier: CertificateVerifier,
         *,
         timeout: float = 30.0,
+        ssl_context: ssl.SSLContext | None = None,
+        peer_check: PeerCheck | None = None,
     ) -> None:
-        self._ssl = client_ssl_context(cert_file, key_file, ca_file)
+        self._ssl = ssl_context or client_ssl_context(cert_file, key_file, ca_file)
+        self._peer_check = peer_check
         self._certificate = x509.load_pem_x509_certificates(cert_file.read_bytes())[0]
         key = load_pem_private_key(key_file.read_bytes(), password=None)
         if not isinstance(key, rsa.RSAPrivateKey):
@@ -81,8 +88,13 @@ class AfleverClient:
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
+            connector = (
+                self._peer_check.connector(self._ssl, limit=32)
+                if self._peer_check is not None
+                else aiohttp.TCPConnector(ssl=self._ssl, limit=32)
+            )
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(ssl=self._ssl, limit=32),
+                connector=connector,
                 timeout=self._timeout,
             )
         return self._session
@@ -112,6 +124,9 @@ class AfleverClient:
                 status = response.status
         except DeliveryFailed:
             raise
+        except PeerRejected as exc:
+            reason = f"servercertificaat van de ontvanger afgewezen ({exc.reason})"
+            raise DeliveryFailed(reason) from None
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise DeliveryFailed(
                 f"verbinding met {redact_url(url)} mislukt: {type(exc).__name__}"

@@ -20,13 +20,16 @@ from adapters.wus.server import WusService
 from digipoort.app import Gateway
 from digipoort.config import Settings
 from digipoort.httpguard import GuardedSite, HttpGuard, HttpGuardConfig
-from digipoort.pki import CertificateVerifier, refresh_crl, server_ssl_context
+from digipoort.pki import CertificateVerifier
+from digipoort.pki.wiring import PeerCheck, client_context, revocation_service, server_context
+from digipoort.pki.wiring import participant_verifier as _participant_verifier
 from routing.deliverer import Deliverer, wus_sender
 from routing.download import Download
 
 log = structlog.get_logger(__name__)
 
-#: How often CRLs are re-read and stale replay-cache entries purged (seconds).
+#: How often stale replay-cache entries are purged (seconds). CRLs and OCSP answers are
+#: refreshed by the process's revocation service (``pki.revocation.refresh_seconds``).
 MAINTENANCE_INTERVAL = 60.0
 #: The deliverer also wakes on NOTIFY and at the next due time; this bounds the rest
 #: (e.g. a circuit breaker turning half-open).
@@ -46,31 +49,18 @@ def load_signing_identity(
 
 
 def participant_verifier(s: Settings) -> CertificateVerifier:
-    """Verifies participants' certificates (chain, CRL, OIN) per ``settings.pki``."""
-    pki = s.pki
-    return CertificateVerifier.from_files(
-        s.resolve(pki.ca_file),
-        [s.resolve(p) for p in pki.crl_files],
-        s.resolve(pki.intermediates_file) if pki.intermediates_file else None,
-        require_crl=pki.require_crl,
-    )
+    """Verifies participants' certificates (chain, revocation, OIN) per ``settings.pki``."""
+    return _participant_verifier(s, port="wus")
 
 
 async def start(gateway: Gateway) -> Callable[[], Awaitable[None]]:
     s = gateway.settings
     assert gateway.pool is not None and gateway.registry is not None
     pki = s.pki
-    crl_files = [s.resolve(p) for p in pki.crl_files]
+    revocation = revocation_service(s)
+    await revocation.start()
     verifier = participant_verifier(s)
-    ssl_context = server_ssl_context(
-        s.resolve(pki.cert_file),
-        s.resolve(pki.key_file),
-        s.resolve(pki.ca_file),
-        crl_files[0] if crl_files else None,
-        intermediates_file=s.resolve(pki.intermediates_file) if pki.intermediates_file else None,
-    )
-    for extra in crl_files[1:]:
-        refresh_crl(ssl_context, extra)
+    ssl_context = server_context(s, "wus")
     key, cert = load_signing_identity(s.resolve(pki.cert_file), s.resolve(pki.key_file))
     service = WusService(
         s,
@@ -108,9 +98,6 @@ async def start(gateway: Gateway) -> Callable[[], Awaitable[None]]:
         while True:
             await asyncio.sleep(MAINTENANCE_INTERVAL)
             try:
-                verifier.reload_crls()
-                for crl in crl_files:
-                    refresh_crl(ssl_context, crl)
                 await store.purge_message_ids(gateway.pool, keep)  # type: ignore[arg-type]
                 await store.purge_returned(gateway.pool)  # type: ignore[arg-type]
             except Exception as exc:
@@ -123,6 +110,7 @@ async def start(gateway: Gateway) -> Callable[[], Awaitable[None]]:
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await runner.cleanup()
+        await revocation.stop()
 
     return stop
 
@@ -132,12 +120,17 @@ async def start_deliverer(gateway: Gateway) -> Callable[[], Awaitable[None]]:
     ``wus`` (AfleverService) and ``smtp`` (SMTP relay to the recipient's MTA)."""
     s = gateway.settings
     assert gateway.pool and gateway.registry and gateway.store
+    revocation = revocation_service(s)
+    await revocation.start()
+    outbound = client_context(s)
     client = AfleverClient(
         s.resolve(s.pki.cert_file),
         s.resolve(s.pki.key_file),
         s.resolve(s.pki.ca_file),
         participant_verifier(s),
         timeout=s.aflever.timeout_seconds,
+        ssl_context=outbound,
+        peer_check=PeerCheck(s),
     )
     relay = SmtpRelay(
         s.resolve(s.pki.cert_file),
@@ -146,6 +139,8 @@ async def start_deliverer(gateway: Gateway) -> Callable[[], Awaitable[None]]:
         sender=f"{s.gateway_oin}@{s.smtp.domain}",
         domain=s.smtp.domain,
         timeout=s.aflever.timeout_seconds,
+        ssl_context=outbound,
+        peer_check=PeerCheck(s),
     )
     deliverer = Deliverer(
         gateway.pool,
@@ -160,5 +155,6 @@ async def start_deliverer(gateway: Gateway) -> Callable[[], Awaitable[None]]:
     async def stop() -> None:
         await deliverer.stop()
         await client.close()
+        await revocation.stop()
 
     return stop

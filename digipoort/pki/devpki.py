@@ -13,6 +13,13 @@ Layout written by :func:`create_dev_pki` (see ``docs/pki.md``)::
     untrusted-ca.crt / untrusted-ca.key  a root that is not in the trust store
     untrusted.crt / untrusted.key        Alfa's OIN, issued by the untrusted root
     ca.crl                               CRL of the intermediate
+    root.crl                             CRL of the root (lists no one)
+
+Certificates issued by the root and the intermediate name a CRL distribution point
+(``<revocation_url>/crl/root.crl`` / ``.../crl/ca.crl``) and an OCSP responder
+(``<revocation_url>/ocsp/root`` / ``.../ocsp/intermediate``) in AIA; ``digipoort dev
+pki-server`` (:mod:`digipoort.pki.responder`) serves both from this directory, and
+:func:`revoke` (``digipoort dev revoke OIN``) adds a certificate to ``ca.crl``.
 
 Every end-entity ``.crt`` holds the leaf followed by its issuing CA, so a TLS client that
 calls ``ssl.SSLContext.load_cert_chain`` sends the chain. Keys are RSA 2048 (WS-Security
@@ -37,17 +44,19 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
 from digipoort.pki.trust import is_valid_oin
 
 __all__ = [
     "ALFA",
+    "DEFAULT_REVOCATION_URL",
     "GATEWAY_OIN",
     "OPERATOR_OIN",
     "DevParticipant",
     "DevPkiLayout",
     "create_dev_pki",
+    "revoke",
 ]
 
 
@@ -72,6 +81,8 @@ _CRL_REISSUE_MARGIN = timedelta(days=7)
 _RENEW_MARGIN = timedelta(days=30)
 _BACKDATE = timedelta(minutes=5)  # tolerate small clock differences between processes
 _UB_NAME = 64  # RFC 5280 upper bound for CN and O
+DEFAULT_REVOCATION_URL = "http://127.0.0.1:8089"
+"""Where ``digipoort dev pki-server`` listens by default (``pki.responder_port``)."""
 
 
 @dataclass(frozen=True)
@@ -106,6 +117,10 @@ class DevPkiLayout:
     @property
     def crl(self) -> Path:
         return self._p("ca.crl")
+
+    @property
+    def root_crl(self) -> Path:
+        return self._p("root.crl")
 
     def cert(self, stem: str) -> Path:
         """``<stem>.crt``: stem is an OIN or server, revoked, expired, untrusted(-ca)."""
@@ -206,6 +221,32 @@ def _name(*, cn: str, o: str, oin: str | None = None) -> x509.Name:
     return x509.Name(attrs)
 
 
+def _revocation_extensions(
+    url: str | None, issuer: str
+) -> tuple[tuple[x509.ExtensionType, bool], ...]:
+    """CRL distribution point and OCSP responder (AIA) of a certificate issued by issuer
+    ("root" or "intermediate"); none without a URL."""
+    if not url:
+        return ()
+    crl = "root.crl" if issuer == "root" else "ca.crl"
+    cdp = x509.CRLDistributionPoints(
+        [
+            x509.DistributionPoint(
+                [x509.UniformResourceIdentifier(f"{url}/crl/{crl}")], None, None, None
+            )
+        ]
+    )
+    aia = x509.AuthorityInformationAccess(
+        [
+            x509.AccessDescription(
+                AuthorityInformationAccessOID.OCSP,
+                x509.UniformResourceIdentifier(f"{url}/ocsp/{issuer}"),
+            )
+        ]
+    )
+    return ((cdp, False), (aia, False))
+
+
 def _ca_extensions(path_length: int | None) -> tuple[tuple[x509.ExtensionType, bool], ...]:
     usage = x509.KeyUsage(
         digital_signature=True,
@@ -283,6 +324,8 @@ def _still_good(
         return False
     if cert.subject != spec.subject:
         return False
+    if _pointers(cert) != _pointers_of(spec.extensions):
+        return False  # e.g. made before the dev PKI had revocation URLs
     signer = issuer.cert if issuer else cert
     try:
         cert.verify_directly_issued_by(signer)
@@ -291,6 +334,18 @@ def _still_good(
     if spec.expired:
         return cert.not_valid_after_utc < now
     return cert.not_valid_after_utc - now > _RENEW_MARGIN
+
+
+def _pointers(cert: x509.Certificate) -> list[x509.ExtensionType]:
+    kinds = (x509.CRLDistributionPoints, x509.AuthorityInformationAccess)
+    return [e.value for e in cert.extensions if isinstance(e.value, kinds)]
+
+
+def _pointers_of(
+    extensions: tuple[tuple[x509.ExtensionType, bool], ...],
+) -> list[x509.ExtensionType]:
+    kinds = (x509.CRLDistributionPoints, x509.AuthorityInformationAccess)
+    return [e for e, _ in extensions if isinstance(e, kinds)]
 
 
 def _ensure_cert(
@@ -358,6 +413,8 @@ def _ensure_crl(
     except (OSError, ValueError):
         existing = None
     serials = {cert.serial_number for cert in revoked}
+    if existing is not None and existing.is_signature_valid(intermediate.key.public_key()):
+        serials |= {entry.serial_number for entry in existing}  # revocation is for good
     if not force and existing is not None:
         if _crl_is_current(existing, intermediate, serials, now):
             return
@@ -370,11 +427,14 @@ def _ensure_crl(
         .add_extension(aki, critical=False)
         .add_extension(x509.CRLNumber(_crl_number(existing) + 1), critical=False)
     )
-    for cert in revoked:
+    dates = {cert.serial_number: cert.not_valid_before_utc for cert in revoked}
+    if existing is not None:
+        dates |= {e.serial_number: e.revocation_date_utc for e in existing}
+    for serial in sorted(serials):
         entry = (
             x509.RevokedCertificateBuilder()
-            .serial_number(cert.serial_number)
-            .revocation_date(cert.not_valid_before_utc)
+            .serial_number(serial)
+            .revocation_date(dates.get(serial, now))
             .add_extension(x509.CRLReason(x509.ReasonFlags.key_compromise), critical=False)
             .build()
         )
@@ -398,43 +458,74 @@ def _check_participants(participants: Sequence[DevParticipant]) -> None:
         seen.add(participant.oin)
 
 
-def _leaf_spec(stem: str, subject: x509.Name, now: datetime, *, ipv6: bool = False) -> _Spec:
+def _leaf_spec(
+    stem: str, subject: x509.Name, now: datetime, *, ipv6: bool = False, url: str | None = None
+) -> _Spec:
     return _Spec(
         stem=stem,
         subject=subject,
         not_before=now - _BACKDATE,
         not_after=now + _LEAF_LIFETIME,
-        extensions=_leaf_extensions(ipv6=ipv6),
+        extensions=_leaf_extensions(ipv6=ipv6) + _revocation_extensions(url, "intermediate"),
     )
 
 
-def _ca_spec(stem: str, subject: x509.Name, now: datetime, path_length: int | None) -> _Spec:
+def _ca_spec(
+    stem: str, subject: x509.Name, now: datetime, path_length: int | None, url: str | None = None
+) -> _Spec:
     return _Spec(
         stem=stem,
         subject=subject,
         not_before=now - _BACKDATE,
         not_after=now + _CA_LIFETIME,
-        extensions=_ca_extensions(path_length),
+        extensions=_ca_extensions(path_length) + _revocation_extensions(url, "root"),
         end_entity=False,
     )
 
 
 def create_dev_pki(
-    pki_dir: Path, participants: Sequence[DevParticipant], *, force: bool = False
+    pki_dir: Path,
+    participants: Sequence[DevParticipant],
+    *,
+    force: bool = False,
+    revocation_url: str | None = DEFAULT_REVOCATION_URL,
 ) -> list[Path]:
     """Write the dev PKI; returns the files written.
 
     Never overwrites an existing key unless force. Safe to re-run: see the module docstring.
+    revocation_url: base URL of the dev pki-server named in the certificates (CDP, AIA);
+    None leaves those extensions out.
     """
     _check_participants(participants)
     pki_dir.mkdir(parents=True, exist_ok=True)
-    run = _Run(pki_dir, _Output(), force, datetime.now(UTC).replace(microsecond=0))
+    now = datetime.now(UTC).replace(microsecond=0)
+    run = _Run(
+        pki_dir, _Output(), force, now, revocation_url.rstrip("/") if revocation_url else None
+    )
     intermediate = run.authorities()
     run.gateway_and_participants(intermediate, participants)
     alfa = next((p for p in participants if p.oin == ALFA.oin), ALFA)
     revoked = run.negative_certificates(intermediate, alfa)
     _ensure_crl(pki_dir / "ca.crl", intermediate, [revoked], run.out, force=force, now=run.now)
+    _ensure_crl(pki_dir / "root.crl", run.root(), [], run.out, force=force, now=run.now)
     return run.out.written
+
+
+def revoke(pki_dir: Path, stem: str) -> int:
+    """Add ``<stem>.crt`` (an OIN, or e.g. ``server``) to the intermediate's CRL (ca.crl),
+    re-issued at once; returns the revoked serial number. The dev pki-server serves the
+    new CRL and answers OCSP from it on the next request."""
+    layout = DevPkiLayout(pki_dir)
+    cert = x509.load_pem_x509_certificates(layout.cert(stem).read_bytes())[0]
+    key = serialization.load_pem_private_key(layout.intermediate_key.read_bytes(), password=None)
+    inter = x509.load_pem_x509_certificates(layout.intermediate_cert.read_bytes())[0]
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise ValueError("the intermediate key is not RSA")
+    if cert.issuer != inter.subject:
+        raise ValueError(f"{stem}.crt was not issued by the dev intermediate")
+    now = datetime.now(UTC).replace(microsecond=0)
+    _ensure_crl(layout.crl, _Issuer(inter, key), [cert], _Output(), force=True, now=now)
+    return cert.serial_number
 
 
 @dataclass(frozen=True)
@@ -445,6 +536,13 @@ class _Run:
     out: _Output
     force: bool
     now: datetime
+    url: str | None = None
+
+    def root(self) -> _Issuer:
+        key, _ = _load_or_create_key(self.pki_dir / "ca.key", self.out, force=False)
+        return _Issuer(
+            x509.load_pem_x509_certificates((self.pki_dir / "ca.crt").read_bytes())[0], key
+        )
 
     def ensure(self, spec: _Spec, issuer: _Issuer | None) -> _Issuer:
         return _ensure_cert(self.pki_dir, spec, issuer, self.out, force=self.force, now=self.now)
@@ -454,7 +552,7 @@ class _Run:
         root_name = _name(cn="Staat der Nederlanden Test Root CA", o="Staat der Nederlanden")
         root = self.ensure(_ca_spec("ca", root_name, self.now, None), None)
         name = _name(cn="Test PKIoverheid Organisatie Services CA", o="Staat der Nederlanden")
-        intermediate = self.ensure(_ca_spec("intermediate", name, self.now, 0), root)
+        intermediate = self.ensure(_ca_spec("intermediate", name, self.now, 0, self.url), root)
         chain = _pem(intermediate.cert) + _pem(root.cert)
         if _read_bytes(self.pki_dir / "chain.pem") != chain:
             self.out.write(self.pki_dir / "chain.pem", chain)
@@ -464,25 +562,25 @@ class _Run:
         self, intermediate: _Issuer, participants: Sequence[DevParticipant]
     ) -> None:
         gateway = _name(cn="localhost", o="Digipoort (test)", oin=GATEWAY_OIN)
-        self.ensure(_leaf_spec("server", gateway, self.now, ipv6=True), intermediate)
+        self.ensure(_leaf_spec("server", gateway, self.now, ipv6=True, url=self.url), intermediate)
         operator = _name(cn="Digipoort beheer (test)", o="Digipoort (test)", oin=OPERATOR_OIN)
-        self.ensure(_leaf_spec("operator", operator, self.now), intermediate)
+        self.ensure(_leaf_spec("operator", operator, self.now, url=self.url), intermediate)
         for participant in participants:
             subject = _name(cn=participant.name, o=participant.name, oin=participant.oin)
-            self.ensure(_leaf_spec(participant.oin, subject, self.now), intermediate)
+            self.ensure(_leaf_spec(participant.oin, subject, self.now, url=self.url), intermediate)
 
     def negative_certificates(
         self, intermediate: _Issuer, alfa: DevParticipant
     ) -> x509.Certificate:
         """revoked, expired and untrusted, all with Alfa's OIN; returns the revoked one."""
         subject = _name(cn=alfa.name, o=alfa.name, oin=alfa.oin)
-        revoked = self.ensure(_leaf_spec("revoked", subject, self.now), intermediate)
+        revoked = self.ensure(_leaf_spec("revoked", subject, self.now, url=self.url), intermediate)
         expired = _Spec(
             stem="expired",
             subject=subject,
             not_before=self.now - timedelta(days=60),
             not_after=self.now - timedelta(days=1),
-            extensions=_leaf_extensions(),
+            extensions=_leaf_extensions() + _revocation_extensions(self.url, "intermediate"),
             expired=True,
         )
         self.ensure(expired, intermediate)

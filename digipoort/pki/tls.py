@@ -8,26 +8,71 @@ only the peer's leaf certificate).
 
 CRL updates: OpenSSL prefers the newest valid CRL of an issuer, so
 :func:`refresh_crl` can add a re-issued CRL to a live context without a restart.
+
+Refused handshakes: asyncio's SSL protocol (CPython 3.11+, ``asyncio.sslproto``) drops
+the alert OpenSSL wrote when a handshake fails — it aborts the transport without
+flushing the outgoing buffer, so clients see "unexpected EOF" / "Empty reply" instead of
+"unknown CA" or "certificate required". :func:`install_handshake_alerts` (called by
+:func:`label_context`) flushes that alert first, and logs and counts the refusal per
+port (``tls.handshake_refused``, ``digipoort_tls_handshake_refused_total``).
 """
 
 from __future__ import annotations
 
+import asyncio.sslproto
+import contextlib
 import ssl
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
+from weakref import WeakKeyDictionary
 
+import structlog
 from cryptography import x509
+from prometheus_client import Counter
 
 __all__ = [
     "TLSConfigError",
     "client_ssl_context",
+    "install_handshake_alerts",
+    "label_context",
     "peer_certificate",
     "refresh_crl",
     "server_ssl_context",
 ]
 
-# TLS 1.2 suites with forward secrecy and AEAD only (TLS 1.3 suites are always AEAD).
-_TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:!aNULL:!eNULL:!aDSS:!SHA1"
+log = structlog.get_logger(__name__)
+
+# TLS 1.2: ECDHE with AES-GCM or ChaCha20-Poly1305 only (NCSC-NL "good"); no DHE (no
+# ffdhe groups are configured, and NCSC-NL rates DHE "sufficient" at best). TLS 1.3
+# suites (all AEAD) and groups are OpenSSL's defaults (Python 3.11 cannot set groups).
+_TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL:!aDSS:!SHA1:!DHE"
+
+HANDSHAKE_REFUSED = Counter(
+    "digipoort_tls_handshake_refused_total",
+    "TLS handshakes refused by a server port, by reason",
+    ["port", "reason"],
+)
+
+_PROTOCOL_MISMATCH = frozenset({
+    "NO_SHARED_CIPHER", "UNSUPPORTED_PROTOCOL", "NO_PROTOCOLS_AVAILABLE",
+    "WRONG_VERSION_NUMBER", "VERSION_TOO_LOW", "NO_SUITABLE_SIGNATURE_ALGORITHM",
+})  # fmt: skip
+
+_LABELS: WeakKeyDictionary[ssl.SSLContext, str] = WeakKeyDictionary()
+
+# X509_V_ERR_* codes -> reason label
+_VERIFY_REASONS = {
+    2: "untrusted",  # unable to get issuer certificate
+    3: "crl_unavailable",  # unable to get certificate CRL
+    9: "not_yet_valid",
+    10: "expired",
+    12: "crl_unavailable",  # CRL has expired
+    18: "untrusted",  # self-signed leaf
+    19: "untrusted",  # self-signed in chain
+    20: "untrusted",  # unable to get local issuer certificate
+    21: "untrusted",  # unable to verify the first certificate
+    23: "revoked",
+}
 
 
 class TLSConfigError(Exception):
@@ -83,6 +128,57 @@ def client_ssl_context(
         raise TLSConfigError("a key file was given without a certificate file")
     _load_trust(context, ca_file)
     return context
+
+
+def label_context(context: ssl.SSLContext, port: str) -> None:
+    """Name the port a server context serves (for refusal logs and metrics)."""
+    _LABELS[context] = port
+    install_handshake_alerts()
+
+
+def handshake_refusal_reason(exc: BaseException) -> str:
+    """A bounded label for why a handshake failed."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return _VERIFY_REASONS.get(exc.verify_code, "bad_certificate")
+    reason = getattr(exc, "reason", None) or ""
+    if reason == "PEER_DID_NOT_RETURN_A_CERTIFICATE":
+        return "no_certificate"
+    if reason in _PROTOCOL_MISMATCH:
+        return "no_common_protocol"
+    if reason.startswith(("TLSV1_ALERT", "SSLV3_ALERT", "TLSV13_ALERT")):
+        return "client_alert"
+    return "handshake_failed"
+
+
+def _on_refused(protocol: Any, exc: BaseException) -> None:
+    port = _LABELS.get(getattr(protocol, "_sslcontext", None))  # type: ignore[arg-type]
+    if port is None:  # a client context or an unlabelled server
+        return
+    reason = handshake_refusal_reason(exc)
+    HANDSHAKE_REFUSED.labels(port, reason).inc()
+    transport = getattr(protocol, "_transport", None)
+    peer = transport.get_extra_info("peername") if transport is not None else None
+    detail = getattr(exc, "verify_message", None) or getattr(exc, "reason", None) or ""
+    log.info("tls.handshake_refused", port=port, reason=reason, peer=str(peer), detail=detail)
+
+
+def install_handshake_alerts() -> None:
+    """Make asyncio send the TLS alert of a failed handshake before it closes (idempotent)."""
+    cls: Any = asyncio.sslproto.SSLProtocol
+    original = cls._on_handshake_complete
+    if getattr(original, "_sends_alert", False):
+        return
+
+    def on_handshake_complete(self: Any, handshake_exc: BaseException | None) -> None:
+        if handshake_exc is not None:
+            with contextlib.suppress(Exception):
+                self._process_outgoing()  # the alert OpenSSL put in the outgoing BIO
+            with contextlib.suppress(Exception):
+                _on_refused(self, handshake_exc)
+        original(self, handshake_exc)
+
+    on_handshake_complete._sends_alert = True  # type: ignore[attr-defined]
+    cls._on_handshake_complete = on_handshake_complete
 
 
 def refresh_crl(context: ssl.SSLContext, crl_file: Path) -> None:

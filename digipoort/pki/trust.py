@@ -2,8 +2,11 @@
 
 The sender's identity is its OIN, read from the ``serialNumber`` attribute of the subject
 of a certificate that chains to a configured trust root, is within its validity period,
-is usable for client authentication and signatures, and is not revoked by a CRL of its
-issuer. Nothing here touches the network: no OCSP, no AIA or CRL fetching.
+is usable for client authentication and signatures, and is not revoked. Revocation comes
+from the process's :class:`~digipoort.pki.revocation.RevocationService` (local CRL files,
+CRLs fetched from distribution points, OCSP) when one is given — then the intermediates
+are checked too — or else from the local CRL files given here (leaf only). Nothing here
+does I/O: the service answers from its cache and fetches in the background.
 
 Chain building and signature/CA-flag checks are done by ``cryptography.x509.verification``
 (Rust, fast). Validity, key usage, revocation and OIN are checked here so that every
@@ -14,15 +17,16 @@ short time, because verification runs per TLS connection and per SOAP request.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Literal, TypeAlias
+from typing import TYPE_CHECKING, Literal, TypeAlias
 
 import structlog
 from cryptography import x509
@@ -34,6 +38,7 @@ from cryptography.x509.verification import (
     Store,
     VerificationError,
 )
+from prometheus_client import Counter
 
 __all__ = [
     "CertificateRejected",
@@ -45,7 +50,14 @@ __all__ = [
     "oin_from_certificate",
 ]
 
+if TYPE_CHECKING:
+    from digipoort.pki.revocation import RevocationService
+
 log = structlog.get_logger(__name__)
+
+UnknownStatus: TypeAlias = Literal["fail_closed", "soft_fail"]
+#: How long a soft-failed ("status unknown, accepted") verdict may be cached.
+_SOFT_FAIL_TTL = timedelta(seconds=5)
 
 RejectReason: TypeAlias = Literal[
     "untrusted",
@@ -56,6 +68,16 @@ RejectReason: TypeAlias = Literal[
     "bad_usage",
     "crl_unavailable",
 ]
+
+CERTIFICATES_REJECTED = Counter(
+    "digipoort_certificate_rejected_total",
+    "Certificates refused by the application's verifier, per port and reason",
+    ["port", "reason"],
+)
+REVOCATION_SOFT_FAILS = Counter(
+    "digipoort_revocation_soft_fail_total",
+    "Certificates accepted although their revocation status was unknown (soft-fail)",
+)
 
 _OIN = re.compile(r"[0-9]{20}")
 _MAX_CHAIN_DEPTH = 6
@@ -119,7 +141,11 @@ def _split_pem(data: bytes, label: bytes) -> list[bytes]:
 
 def load_crls(path: Path) -> list[x509.CertificateRevocationList]:
     """All CRLs in a file: one or more PEM blocks, or a single DER CRL."""
-    data = path.read_bytes()
+    return parse_crls(path.read_bytes())
+
+
+def parse_crls(data: bytes) -> list[x509.CertificateRevocationList]:
+    """All CRLs in PEM (one or more blocks) or DER (one CRL) bytes."""
     blocks = _split_pem(data, b"X509 CRL")
     if blocks:
         return [x509.load_pem_x509_crl(block) for block in blocks]
@@ -243,6 +269,12 @@ class CertificateVerifier:
     by default such a leaf is accepted. A loaded CRL past its nextUpdate always rejects.
     ``required_eku``: the extendedKeyUsage a leaf must allow if it has that extension
     (default clientAuth; None disables the check).
+    ``revocation``: the process's revocation service; then every certificate of the path
+    below the anchor is checked, and a status that is unknown (no current CRL, no OCSP
+    answer) rejects with "crl_unavailable" — for a leaf when ``require_crl``, for any
+    certificate that names a CRL distribution point or OCSP responder — unless
+    ``unknown_status="soft_fail"`` (then accepted, logged and counted).
+    ``port``: when given, every rejection counts in ``digipoort_certificate_rejected_total``.
     """
 
     def __init__(
@@ -256,6 +288,9 @@ class CertificateVerifier:
         required_eku: x509.ObjectIdentifier | None = ExtendedKeyUsageOID.CLIENT_AUTH,
         cache_ttl: float = 60.0,
         cache_size: int = 4096,
+        revocation: RevocationService | None = None,
+        unknown_status: UnknownStatus = "fail_closed",
+        port: str | None = None,
     ) -> None:
         if not trust_anchors:
             raise ValueError("at least one trust anchor is required")
@@ -269,10 +304,13 @@ class CertificateVerifier:
         }
         self._crl_index = _CrlIndex.build([*self._static_crls, *_flatten(self._file_crls.values())])
         self._require_crl = require_crl
+        self._revocation = revocation
+        self._port = port  # label of digipoort_certificate_rejected_total
+        self._soft_fail = unknown_status == "soft_fail"
         self._required_eku = required_eku
         self._cache_ttl = cache_ttl
         self._cache_size = cache_size
-        self._cache: OrderedDict[_CacheKey, tuple[float, _Verdict]] = OrderedDict()
+        self._cache: OrderedDict[_CacheKey, tuple[float, _Verdict, int]] = OrderedDict()
         self._lock = threading.Lock()
         self._generation = 0
 
@@ -286,6 +324,9 @@ class CertificateVerifier:
         require_crl: bool = False,
         required_eku: x509.ObjectIdentifier | None = ExtendedKeyUsageOID.CLIENT_AUTH,
         cache_ttl: float = 60.0,
+        revocation: RevocationService | None = None,
+        unknown_status: UnknownStatus = "fail_closed",
+        port: str | None = None,
     ) -> CertificateVerifier:
         """Trust roots from ca_file (PEM, may hold several); CRLs and intermediates optional."""
         intermediates = _load_certs(intermediates_file) if intermediates_file else []
@@ -296,6 +337,9 @@ class CertificateVerifier:
             require_crl=require_crl,
             required_eku=required_eku,
             cache_ttl=cache_ttl,
+            revocation=revocation,
+            unknown_status=unknown_status,
+            port=port,
         )
 
     # ----------------------------------------------------------------- public
@@ -314,6 +358,20 @@ class CertificateVerifier:
             tuple(_fingerprint(c.public_bytes(der)) for c in chain),
         )
         return self._verify_cached(key, lambda: (leaf, list(chain)), at)
+
+    async def verify_async(
+        self, leaf: x509.Certificate, chain: Sequence[x509.Certificate] = ()
+    ) -> VerifiedIdentity:
+        """Like verify, but first lets the revocation service fetch what it lacks for this
+        path (CRL, OCSP; bounded by its timeout), so a first contact is not "unknown"."""
+        if self._revocation is not None:
+            try:
+                path = self._build_path(leaf, list(chain), datetime.now(UTC))
+            except CertificateRejected:
+                path = []
+            for cert, issuer in itertools.pairwise(path):
+                await self._revocation.prepare(cert, issuer)
+        return self.verify(leaf, chain)
 
     def verify_der(self, der: bytes, chain_der: Sequence[bytes] = ()) -> VerifiedIdentity:
         """Like verify, from DER bytes (as ``getpeercert(binary_form=True)`` returns)."""
@@ -364,6 +422,8 @@ class CertificateVerifier:
             next_update = crls[0].next_update_utc
             if next_update is not None:
                 report[f"crl:{issuer.rfc4514_string()}"] = next_update
+        if self._revocation is not None:
+            report.update(self._revocation.expiry_report())
         return report
 
     # ----------------------------------------------------------------- internals
@@ -374,21 +434,44 @@ class CertificateVerifier:
         load: _Loader,
         at: datetime | None,
     ) -> VerifiedIdentity:
+        try:
+            return self._verify_uncounted(key, load, at)
+        except CertificateRejected as rejected:
+            if self._port is not None:
+                CERTIFICATES_REJECTED.labels(self._port, rejected.reason).inc()
+            raise
+
+    def _verify_uncounted(
+        self,
+        key: _CacheKey,
+        load: _Loader,
+        at: datetime | None,
+    ) -> VerifiedIdentity:
         if at is not None:  # an explicit time is a question about the past/future: no cache
             return _raise_or_return(self._evaluate(*load(), at)[0])
         now_mono = time.monotonic()
         with self._lock:
             cached = self._cache.get(key)
-            if cached is not None and cached[0] > now_mono:
+            if cached is not None and cached[0] > now_mono and cached[2] == self._source_gen():
                 self._cache.move_to_end(key)
                 return _raise_or_return(cached[1])
             generation = self._generation
+        source_gen = self._source_gen()
         verdict, valid_until = self._evaluate(*load(), datetime.now(UTC))
-        self._remember(key, verdict, valid_until, generation)
+        self._remember(key, verdict, valid_until, generation, source_gen)
         return _raise_or_return(verdict)
 
+    def _source_gen(self) -> int:
+        """Changes whenever the revocation service learns something new."""
+        return self._revocation.generation if self._revocation is not None else 0
+
     def _remember(
-        self, key: _CacheKey, verdict: _Verdict, valid_until: datetime | None, generation: int
+        self,
+        key: _CacheKey,
+        verdict: _Verdict,
+        valid_until: datetime | None,
+        generation: int,
+        source_gen: int,
     ) -> None:
         ttl = self._cache_ttl
         if valid_until is not None:
@@ -398,7 +481,7 @@ class CertificateVerifier:
         with self._lock:
             if generation != self._generation:  # CRLs were reloaded meanwhile
                 return
-            self._cache[key] = (time.monotonic() + ttl, verdict)
+            self._cache[key] = (time.monotonic() + ttl, verdict, source_gen)
             self._cache.move_to_end(key)
             while len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
@@ -422,8 +505,11 @@ class CertificateVerifier:
         problem = _usage_problem(leaf, self._required_eku)
         if problem is not None:
             raise CertificateRejected("bad_usage", problem)
-        issuer = path[1] if len(path) > 1 else path[0]  # path[0] only for a pinned leaf
-        crl_next_update = self._check_revocation(leaf, issuer, at)
+        if self._revocation is not None:
+            crl_next_update = self._check_path_revocation(path, at)
+        else:
+            issuer = path[1] if len(path) > 1 else path[0]  # path[0] only for a pinned leaf
+            crl_next_update = self._check_revocation(leaf, issuer, at)
         oin = oin_from_certificate(leaf)
         if oin is None:
             raise CertificateRejected("no_oin", "subject serialNumber is not a 20-digit OIN")
@@ -453,6 +539,37 @@ class CertificateVerifier:
         except VerificationError as exc:
             reason = _ancestor_validity_reason(leaf, [*pool, *self._anchors], at)
             raise CertificateRejected(reason or "untrusted", str(exc)) from None
+
+    def _check_path_revocation(
+        self, path: Sequence[x509.Certificate], at: datetime
+    ) -> datetime | None:
+        """Ask the revocation service about every certificate below the anchor."""
+        from digipoort.pki.revocation import publishes_revocation
+
+        assert self._revocation is not None
+        valid_until: datetime | None = None
+        for position, (cert, issuer) in enumerate(itertools.pairwise(path)):
+            what = "leaf" if position == 0 else "issuing CA"
+            status = self._revocation.status(cert, issuer, at)
+            if status.state == "revoked":
+                raise CertificateRejected("revoked", f"{what}: {status.detail} ({status.source})")
+            if status.state == "good":
+                if status.valid_until is not None:
+                    valid_until = min(valid_until or status.valid_until, status.valid_until)
+                continue
+            if not ((position == 0 and self._require_crl) or publishes_revocation(cert)):
+                continue
+            if not self._soft_fail:
+                raise CertificateRejected("crl_unavailable", f"{what}: {status.detail}")
+            log.warning(
+                "pki.revocation_unknown_accepted",
+                subject=cert.subject.rfc4514_string(),
+                detail=status.detail,
+            )
+            REVOCATION_SOFT_FAILS.inc()
+            soon = at + _SOFT_FAIL_TTL
+            valid_until = min(valid_until or soon, soon)
+        return valid_until
 
     def _check_revocation(
         self, leaf: x509.Certificate, issuer: x509.Certificate, at: datetime
