@@ -169,7 +169,7 @@ def scenarios(count: int, rng: random.Random) -> dict[str, Callable[[], str]]:
         "sender": lambda: f"/api/v1/search?sender={sender()}",
         "recipient": lambda: f"/api/v1/search?recipient={rng.choice(RECIPIENTS)}",
         "berichtsoort": lambda: f"/api/v1/search?berichtsoort={rng.choice(SOORTEN)}",
-        "koppelvlak portal (rare)": lambda: "/api/v1/search?koppelvlak=portal",
+        "koppelvlak portal (1 in 6)": lambda: "/api/v1/search?koppelvlak=portal",
         "status 400 (every envelope)": lambda: "/api/v1/search?status=400",
         "status 510 (1 %)": lambda: "/api/v1/search?status=510",
         "period: one day": lambda: f"/api/v1/search?{day()}",

@@ -20,6 +20,7 @@ from portal.web import (
     json_body,
     kenmerk_param,
     query,
+    search_request,
     seq_param,
     upload_from,
 )
@@ -45,31 +46,11 @@ async def me(request: web.Request) -> web.Response:
 
 
 async def list_envelopes(request: web.Request) -> web.Response:
-    q = query(request)
-    ctx = ctx_of(request)
-    page = await envelopes.search(
-        ctx,
-        caller(request),
-        envelopes.parse_filters(q),
-        after=q.get("cursor") or None,
-        limit=envelopes.page_limit(q, ctx.settings.portal.page_size),
-        scope="sent",
-    )
-    return _page(page)
+    return _page(await search_request(request, "sent"))
 
 
 async def search(request: web.Request) -> web.Response:
-    q = query(request)
-    ctx = ctx_of(request)
-    page = await envelopes.search(
-        ctx,
-        caller(request),
-        envelopes.parse_filters(q),
-        after=q.get("cursor") or None,
-        limit=envelopes.page_limit(q, ctx.settings.portal.page_size),
-        scope="all",
-    )
-    return _page(page)
+    return _page(await search_request(request, "all"))
 
 
 async def envelope(request: web.Request) -> web.Response:

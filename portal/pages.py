@@ -10,7 +10,7 @@ from portal.api import download
 from portal.livestate import live_state
 from portal.middleware import caller, render
 from portal.problems import Problem, clean_text
-from portal.web import ctx_of, kenmerk_param, query, upload_from
+from portal.web import ctx_of, kenmerk_param, query, search_request, upload_from
 
 
 async def home(request: web.Request) -> web.StreamResponse:
@@ -18,19 +18,11 @@ async def home(request: web.Request) -> web.StreamResponse:
 
 
 async def my_envelopes(request: web.Request) -> web.Response:
-    q = query(request)
-    ctx = ctx_of(request)
-    c = caller(request)
-    page = await envelopes.search(
-        ctx,
-        c,
-        envelopes.parse_filters(q),
-        after=q.get("cursor") or None,
-        limit=ctx.settings.portal.page_size,
-        scope="sent",
+    page = await search_request(request, "sent")
+    soorten = ctx_of(request).registry.berichtsoorten_for_sender(caller(request).oin)
+    return render(
+        request, "envelopes.html", {"page": page, "q": query(request), "soorten": soorten}
     )
-    soorten = ctx.registry.berichtsoorten_for_sender(c.oin)
-    return render(request, "envelopes.html", {"page": page, "q": q, "soorten": soorten})
 
 
 async def envelope(request: web.Request) -> web.Response:
@@ -129,16 +121,7 @@ async def console(request: web.Request) -> web.Response:
             "go",
         )
     )
-    page = None
-    if searched:
-        page = await envelopes.search(
-            ctx,
-            c,
-            envelopes.parse_filters(q),
-            after=q.get("cursor") or None,
-            limit=ctx.settings.portal.page_size,
-            scope="all",
-        )
+    page = await search_request(request, "all") if searched else None
     return render(
         request,
         "console.html",

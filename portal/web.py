@@ -9,8 +9,9 @@ from uuid import UUID
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from portal import envelopes
 from portal.context import Context
-from portal.envelopes import parse_kenmerk
+from portal.envelopes import Page, parse_kenmerk
 from portal.identity import Caller
 from portal.middleware import CSRF_HEADER, CSRF_KEY, Csrf
 from portal.problems import Problem
@@ -18,6 +19,22 @@ from portal.submission import Upload, read_upload
 
 CTX_KEY = web.AppKey("portal_ctx", Context)
 MAX_JSON = 64 * 1024
+
+
+async def search_request(request: web.Request, scope: str) -> Page:
+    """The envelope list or message-log search of a request (pages and API share it)."""
+    q = query(request)
+    ctx = ctx_of(request)
+    c = request.get("caller")
+    assert isinstance(c, Caller)
+    return await envelopes.search(
+        ctx,
+        c,
+        envelopes.parse_filters(q),
+        after=q.get("cursor") or None,
+        limit=envelopes.page_limit(q, ctx.settings.portal.page_size),
+        scope=scope,
+    )
 
 
 def ctx_of(request: web.Request) -> Context:
