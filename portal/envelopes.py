@@ -141,8 +141,9 @@ SELECT e.kenmerk, e.berichtsoort, e.koppelvlak, e.sender_oin, e.aanleverkenmerk,
        last.code AS status, last.tijdstempel AS status_at,
        coalesce((SELECT array_agg(d.recipient_oin ORDER BY d.recipient_oin)
                  FROM deliveries d WHERE d.kenmerk = e.kenmerk), '{{}}') AS recipients
-FROM (SELECT e.* FROM {source} WHERE {where}
-      ORDER BY e.tijdstempel_aangeleverd DESC, e.kenmerk DESC LIMIT {limit}) e
+FROM (SELECT e.kenmerk FROM {source} WHERE {where}
+      ORDER BY e.tijdstempel_aangeleverd DESC, e.kenmerk DESC LIMIT {limit}) page
+JOIN envelopes e ON e.kenmerk = page.kenmerk
 LEFT JOIN LATERAL (SELECT s.code, s.tijdstempel FROM statuses s WHERE s.kenmerk = e.kenmerk
                    ORDER BY s.id DESC LIMIT 1) last ON true
 ORDER BY e.tijdstempel_aangeleverd DESC, e.kenmerk DESC
