@@ -201,15 +201,16 @@ async def search(
         )
     if f.status is not None:
         if await _rare_code(ctx.pool, f.status):
-            # few envelopes have it: collect them from the code index first, then look
-            # them up by primary key (a plan that does not depend on the estimates)
-            having = await ctx.pool.fetchval(
-                "SELECT coalesce(array_agg(DISTINCT kenmerk), '{}') FROM statuses WHERE code = $1",
-                f.status,
+            # few envelopes have it: collect them from the code index, then look each up
+            # in the covering index (LATERAL + OFFSET 0: always this plan, whatever the
+            # estimates; index-only, no heap access)
+            source = (
+                "(SELECT DISTINCT s.kenmerk FROM statuses s"  # noqa: S608 - placeholder only
+                f" WHERE s.code = {arg(f.status)}) h,"
+                " LATERAL (SELECT x.kenmerk, x.tijdstempel_aangeleverd, x.sender_oin,"
+                " x.berichtsoort, x.koppelvlak, x.aanleverkenmerk FROM envelopes x"
+                " WHERE x.kenmerk = h.kenmerk OFFSET 0) e"
             )
-            if not having:
-                return Page([], None)
-            source = f"unnest({arg(having)}::uuid[]) AS h(kenmerk) JOIN envelopes e USING (kenmerk)"
         else:
             # most envelopes have it: walk the time index and probe each envelope
             conds.append(

@@ -45,4 +45,4 @@ CREATE INDEX deliveries_recipient_time ON deliveries (recipient_oin, created_at 
 CREATE INDEX statuses_code ON statuses (code, kenmerk);
 -- envelopes found by a rare status code are ordered by time from this index alone
 CREATE INDEX envelopes_kenmerk_cover ON envelopes (kenmerk)
-    INCLUDE (tijdstempel_aangeleverd, sender_oin, berichtsoort, koppelvlak);
+    INCLUDE (tijdstempel_aangeleverd, sender_oin, berichtsoort, koppelvlak, aanleverkenmerk);
