@@ -37,6 +37,9 @@ from digipoort.worker import BatchConsumer, Handler
 log = structlog.get_logger(__name__)
 
 CORE_COMPONENTS = ("intake", "sweeper")
+#: components that take submissions and work with the database alone while the broker is
+#: away (a process of only these, with the sweeper, stays ready through a broker outage)
+FRONT_COMPONENTS = frozenset({"intake", "sweeper", "wus", "smtp", "pop3", "smtpreturns", "ftp"})
 
 Component = Callable[["Gateway"], Awaitable[Callable[[], Awaitable[None]]]]
 """A pluggable component (e.g. a koppelvlak adapter): started with the gateway, returns
@@ -64,6 +67,7 @@ class Gateway:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     _stops: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _consumers: list[BatchConsumer] = field(default_factory=list)
     _http: web.AppRunner | None = None
 
     async def start(self, *, serve_http: bool = True) -> None:
@@ -150,27 +154,56 @@ class Gateway:
             handler,
             prefetch=self.settings.broker.prefetch,
             retry_backoff=self.settings.broker.retry_backoff_seconds,
+            probe=self.dependencies_up,
+            outage_poll=self.settings.broker.outage_poll_seconds,
         )
         await consumer.start()
+        self._consumers.append(consumer)
         self._stops.append(consumer.stop)
 
     # -- health ---------------------------------------------------------------------------
     async def ready(self) -> tuple[bool, dict[str, bool]]:
+        """Ready = this process can do its work now. Every process needs the database, a
+        registry that follows changes (its LISTEN connection) and stages not waiting out an
+        outage. The broker (connected, and taking publishes: no ``Basic.Nack`` since the
+        last confirmed one) is needed too — except by a front that runs its own sweeper:
+        intake commits without the broker and the sweeper hands off once it is back, so
+        such a process stays ready and reports the broker as a detail."""
+        broker = self.broker
         checks = {
-            "database": False,
-            "broker": bool(self.broker and self.broker.connected),
-            "topology": bool(self.broker and self.broker.topology_declared),
+            "database": await self._database_up(),
+            "broker": bool(broker and broker.connected),
+            "publishing": bool(broker and broker.publishing),
+            "topology": bool(broker and broker.topology_declared),
+            "registry": bool(self.registry and self.registry.listening),
+            "stages": not any(c.waiting_for for c in self._consumers),
         }
-        if self.pool is not None:
+        optional = {"broker", "publishing"} if self._front_with_sweeper() else set()
+        ok = all(v for k, v in checks.items() if k not in optional)
+        metrics.READY.set(1 if ok else 0)
+        return ok, checks
+
+    def _front_with_sweeper(self) -> bool:
+        return "sweeper" in self.components and set(self.components) <= FRONT_COMPONENTS
+
+    async def _database_up(self) -> bool:
+        """``SELECT 1`` answers within 2 s. A failure expires the pool's connections, so
+        after a database restart the next try gets a fresh one instead of a dead one."""
+        if self.pool is None:
+            return False
+        for _ in range(2):
             try:
                 async with asyncio.timeout(2):
                     await self.pool.fetchval("SELECT 1")
-                checks["database"] = True
             except Exception:
-                checks["database"] = False
-        ok = all(checks.values())
-        metrics.READY.set(1 if ok else 0)
-        return ok, checks
+                await self.pool.expire_connections()
+            else:
+                return True
+        return False
+
+    async def dependencies_up(self) -> bool:
+        """The probe of a stage waiting out an outage: database and broker answer."""
+        return await self._database_up() and bool(self.broker and self.broker.connected)
 
     async def _start_http(self) -> None:
         app = web.Application()

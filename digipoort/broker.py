@@ -21,6 +21,7 @@ Topology (declared idempotently at start by every process):
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable
 from typing import Any
 from uuid import UUID
@@ -33,6 +34,10 @@ from aio_pika.abc import (
     AbstractQueue,
     AbstractRobustConnection,
 )
+from aiormq.exceptions import DeliveryError
+from pamqp.commands import Basic
+
+from digipoort import metrics
 
 log = structlog.get_logger(__name__)
 
@@ -52,6 +57,10 @@ DEAD_STAGE = "x-digipoort-stage"
 DEAD_QUEUE_HEADER = "x-digipoort-queue"
 DEAD_REASON = "x-digipoort-reason"
 DEAD_DELIVERIES = "x-digipoort-deliveries"
+
+
+#: how long a nack keeps :attr:`Broker.publishing` false without a publish since
+NACK_MEMORY = 60.0
 
 
 def aflever_queue(oin: str) -> str:
@@ -86,6 +95,9 @@ class Broker:
         self._dead: AbstractExchange | None = None
         self._declared_aflever: set[str] = set()
         self.topology_declared = False
+        # since when publishes are refused (Basic.Nack), None while they are confirmed
+        self._refused_since: float | None = None
+        self._last_nack = 0.0
 
     async def connect(self) -> None:
         self.connection = await aio_pika.connect_robust(
@@ -105,6 +117,43 @@ class Broker:
             and not self.connection.is_closed
             and self.connection.connected.is_set()
         )
+
+    @property
+    def publishing(self) -> bool:
+        """False from a ``Basic.Nack`` until the next confirmed publish — or until
+        :data:`NACK_MEMORY` seconds without a nack (a process that rarely publishes does not
+        stay "not ready" on an old refusal)."""
+        return self._refused_since is None or time.monotonic() - self._last_nack > NACK_MEMORY
+
+    async def _publish(
+        self, exchange: AbstractExchange, message: aio_pika.Message, routing_key: str, **kw: Any
+    ) -> None:
+        """Publish and wait for the confirm. Every nack is counted
+        (``digipoort_publish_nacked_total``); the first of a run is logged as an error and
+        flips :attr:`publishing` (and with it readiness); the first confirm after it logs
+        the end of the run."""
+        try:
+            await exchange.publish(
+                message, routing_key=routing_key, timeout=self.publish_timeout, **kw
+            )
+        except DeliveryError as exc:
+            if isinstance(exc.frame, Basic.Nack):
+                metrics.PUBLISH_NACKED.labels(exchange.name).inc()
+                self._last_nack = time.monotonic()
+                if self._refused_since is None:
+                    self._refused_since = self._last_nack
+                    log.error(
+                        "publishes refused by the broker (nack)",
+                        exchange=exchange.name,
+                        routing_key=routing_key,
+                    )
+            raise
+        if self._refused_since is not None:
+            log.warning(
+                "broker takes publishes again",
+                refused_seconds=round(time.monotonic() - self._refused_since, 1),
+            )
+            self._refused_since = None
 
     async def channel(self, prefetch: int = 0) -> AbstractChannel:
         assert self.connection is not None
@@ -175,7 +224,8 @@ class Broker:
     ) -> None:
         """Dead-letter a message with the reason in its headers; returns after the confirm."""
         assert self._dead is not None
-        await self._dead.publish(
+        await self._publish(
+            self._dead,
             aio_pika.Message(
                 body,
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
@@ -188,8 +238,7 @@ class Broker:
                     DEAD_DELIVERIES: deliveries,
                 },
             ),
-            routing_key="",
-            timeout=self.publish_timeout,
+            "",
         )
 
     async def ensure_aflever_queues(self, recipients: Iterable[str]) -> None:
@@ -208,23 +257,24 @@ class Broker:
         """Publish a work item and wait for the broker's confirm."""
         assert self._work is not None
         body = json.dumps({"kenmerk": str(kenmerk)}).encode()
-        await self._work.publish(
+        await self._publish(
+            self._work,
             aio_pika.Message(
                 body,
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                 message_id=str(kenmerk),
                 content_type="application/json",
             ),
-            routing_key=stage,
+            stage,
             mandatory=True,
-            timeout=self.publish_timeout,
         )
 
     async def publish_aflever(
         self, recipient_oin: str, kenmerk: UUID, berichtsoort: str, body: bytes
     ) -> None:
         assert self._aflever is not None
-        await self._aflever.publish(
+        await self._publish(
+            self._aflever,
             aio_pika.Message(
                 body,
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
@@ -233,9 +283,8 @@ class Broker:
                 content_type="application/xml",
                 headers={"ontvanger": recipient_oin},
             ),
-            routing_key=recipient_oin,
+            recipient_oin,
             mandatory=True,
-            timeout=self.publish_timeout,
         )
 
     async def close(self) -> None:

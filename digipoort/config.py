@@ -32,10 +32,12 @@ class BrokerConfig(BaseModel):
     management_url: str = "http://guest:guest@127.0.0.1:15672"
     prefetch: int = 256
     delivery_limit: int = 5
-    # A stage that fails on a message waits before returning it to the queue: this long
-    # after the first failure, doubling each time (capped at 60 s), so a short database
-    # or broker outage does not exhaust the delivery limit and dead-letter healthy work.
+    # A message that fails (not an outage: see docs/reliability.md) returns to the queue
+    # after this long, doubling per delivery (capped at 60 s).
     retry_backoff_seconds: float = 2.0
+    # Through a database or broker outage a stage holds its work and probes this often
+    # (at most), resuming as soon as both answer.
+    outage_poll_seconds: float = 1.0
     # A publish not confirmed within this time counts as failed (the sweeper republishes).
     publish_timeout_seconds: float = 10.0
 
@@ -168,6 +170,17 @@ class LimitsConfig(BaseModel):
     max_xml_depth: int = 256
 
 
+class ValidationConfig(BaseModel):
+    """Validation profiles (docs/validation.md): where official artefacts are installed and
+    the worker processes that run the Schematron rules."""
+
+    artefacts_dir: Path = Path("standards")
+    # worker processes for Schematron; 0 = one per core
+    workers: int = Field(default=0, ge=0, le=64)
+    # findings listed in statusdetails at most
+    max_findings: int = Field(default=50, ge=1, le=1000)
+
+
 class PortalConfig(BaseModel):
     """The ``portal`` component: supplier portal, Aansluit Suite, operator console, REST API
     on its own HTTPS port with mutual TLS (docs/portal.md)."""
@@ -208,6 +221,7 @@ class Settings(BaseSettings):
     grote_berichten: GroteBerichtenConfig = Field(default_factory=GroteBerichtenConfig)
     intake: IntakeConfig = Field(default_factory=IntakeConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     portal: PortalConfig = Field(default_factory=PortalConfig)
     log_level: str = "info"

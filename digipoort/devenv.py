@@ -1,11 +1,17 @@
 """``digipoort dev init``: a ready-to-run development environment in one directory.
 
-Writes ``digipoort.toml`` (config and the sample registry) and a test PKI under ``pki/``.
-Re-running keeps existing keys and an existing config unless ``force``.
+Writes ``digipoort.toml`` (config and the sample registry) and a test PKI under ``pki/``,
+and installs the official validation artefacts the sample registry's e-invoicing
+berichtsoorten use (UBL 2.1, EN 16931, SI-UBL 2.0) into ``standards/`` from
+``$DIGIPOORT_STANDARDS`` or a ``shared/standards`` folder next to the repository, when
+present (docs/validation.md). Re-running keeps existing keys, artefacts and an existing
+config unless ``force``.
 """
 
 from __future__ import annotations
 
+import importlib
+import os
 from pathlib import Path
 
 from digipoort.pki.devpki import OPERATOR_OIN, DevParticipant, create_dev_pki
@@ -39,6 +45,21 @@ RIJKSDIENST_INKOOP, DOUANE, DNB = (
 SAMPLE_AFLEVER: dict[str, str] = {
     ALFA: '[registry.participants.aflever]\nkind = "ophaal"\n',
 }
+
+#: The artefacts of the sample registry: (name, version, folder in the standards release).
+SAMPLE_ARTEFACTS: list[tuple[str, str, str]] = [
+    ("ubl-2.1", "2.1", "ubl-2.1"),
+    ("en16931-ubl", "1.3.16", "en16931-ubl"),
+    ("si-ubl-2.0", "2.0.3.12", "si-ubl-2.0"),
+]
+
+_UBL_XSD = """\
+[[registry.berichtsoorten.validation.steps]]
+kind = "xsd"
+artefact = "ubl-2.1"
+version = "2.1"
+paths = ["xsd/maindoc/UBL-Invoice-2.1.xsd", "xsd/maindoc/UBL-CreditNote-2.1.xsd"]
+"""
 
 CONFIG_TEMPLATE = """\
 # Digipoort gateway — development environment written by `digipoort dev init`.
@@ -125,21 +146,57 @@ xsd = "cbs-detailhandel.xsd"
 max_size = 10485760
 smtp_address = "cbs-detailhandel"
 
+# e-factureren: UBL 2.1 invoices and credit notes under SI-UBL 2.0 (NLCIUS + EN 16931),
+# the official artefacts installed in validation.artefacts_dir (docs/validation.md)
 [[registry.berichtsoorten]]
 name = "DigiInkoop-Factuur"
-koppelvlakken = ["wus", "portal"]
+koppelvlakken = ["wus", "smtp", "ftp", "portal"]
 recipients = ["{ri}"]
 senders = ["{alfa}"]
-xsd = "digiinkoop-factuur.xsd"
 max_size = 20971520
+smtp_address = "digiinkoop-factuur"
+
+[registry.berichtsoorten.validation]
+name = "SI-UBL 2.0"
+{ubl_xsd}
+[[registry.berichtsoorten.validation.steps]]
+kind = "schematron"
+artefact = "si-ubl-2.0"
+version = "2.0.3.12"
+paths = ["xsl/si-ubl-2.0.xsl"]
 
 [[registry.berichtsoorten]]
 name = "DigiInkoop-Order"
 koppelvlakken = ["wus"]
 recipients = ["{alfa}"]
 senders = ["{ri}"]
-xsd = "digiinkoop-order.xsd"
 max_size = 20971520
+
+[registry.berichtsoorten.validation]
+name = "UBL 2.1 Order"
+
+[[registry.berichtsoorten.validation.steps]]
+kind = "xsd"
+artefact = "ubl-2.1"
+version = "2.1"
+paths = ["xsd/maindoc/UBL-Order-2.1.xsd"]
+
+[[registry.berichtsoorten]]
+name = "e-Factuur-EN16931"
+koppelvlakken = ["wus", "smtp", "ftp"]
+recipients = ["{ri}"]
+senders = ["{alfa}"]
+max_size = 20971520
+smtp_address = "e-factuur-en16931"
+
+[registry.berichtsoorten.validation]
+name = "EN 16931"
+{ubl_xsd}
+[[registry.berichtsoorten.validation.steps]]
+kind = "schematron"
+artefact = "en16931-ubl"
+version = "1.3.16"
+paths = ["ubl/xslt/EN16931-UBL-validation.xslt"]
 
 [[registry.berichtsoorten]]
 name = "Douane-Uitvoer"
@@ -196,6 +253,7 @@ def render_config(
         portal_port=portal_port,
         operator=OPERATOR_OIN,
         participants=participants,
+        ubl_xsd=_UBL_XSD,
         alfa=ALFA,
         beta=BETA,
         bd=BELASTINGDIENST,
@@ -218,4 +276,43 @@ def init_dev_env(directory: Path, *, force: bool = False, **config: object) -> l
     (directory / "data" / "payloads").mkdir(parents=True, exist_ok=True)
     participants = [DevParticipant(oin=o, name=n) for o, n, _ in SAMPLE_PARTICIPANTS]
     written += create_dev_pki(directory / "pki", participants, force=force)
+    source = find_standards()
+    if source is not None:
+        written += install_sample_artefacts(directory / "standards", source)
+    return written
+
+
+def find_standards(start: Path | None = None) -> Path | None:
+    """The official standards release folder: ``$DIGIPOORT_STANDARDS``, else the first
+    ``shared/standards`` beside the repository or one of its parents."""
+    env = os.environ.get("DIGIPOORT_STANDARDS")
+    if env:
+        return Path(env) if Path(env).is_dir() else None
+    here = (start or Path(__file__)).resolve()
+    for parent in here.parents:
+        candidate = parent / "shared" / "standards"
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+def link_sample_artefacts(artefacts_dir: Path, source: Path) -> None:
+    """Tests and benchmarks: the sample artefacts as symlinks into ``source`` (no copy)."""
+    for name, version, folder in SAMPLE_ARTEFACTS:
+        link = artefacts_dir / name / version
+        if not link.exists() and (source / folder).is_dir():
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to((source / folder).resolve(), target_is_directory=True)
+
+
+def install_sample_artefacts(artefacts_dir: Path, source: Path) -> list[Path]:
+    """Install the sample registry's artefacts from ``source`` (skipping installed ones)."""
+    # validators plugs into digipoort; the import stays local to the dev environment.
+    artefacts = importlib.import_module("validators.artefacts")
+    written: list[Path] = []
+    for name, version, folder in SAMPLE_ARTEFACTS:
+        if (artefacts_dir / name / version).is_dir() or not (source / folder).is_dir():
+            continue
+        done = artefacts.install(artefacts_dir, name, str(source / folder), version=version)
+        written.append(done.path)
     return written

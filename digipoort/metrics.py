@@ -93,6 +93,16 @@ DEAD_LETTERED = Counter(
     "Work messages rejected to the dead-letter queue, by stage and reason.",
     ["stage", "reason"],
 )
+STAGE_WAITING = Gauge(
+    "digipoort_stage_waiting",
+    "1 while a stage holds its work through a database or broker outage.",
+    ["stage"],
+)
+PUBLISH_NACKED = Counter(
+    "digipoort_publish_nacked_total",
+    "Publishes the broker refused (Basic.Nack), by exchange.",
+    ["exchange"],
+)
 READY = Gauge(
     "digipoort_ready",
     "1 when the process is ready (database and broker reachable, topology declared).",

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
@@ -40,6 +41,45 @@ class Participant(BaseModel):
     _oin = field_validator("oin")(_check_oin)
 
 
+class ValidationStep(BaseModel):
+    """One step of a validation profile: an XSD or a compiled Schematron stylesheet from an
+    installed artefact (``digipoort standards install``), by name and version.
+
+    ``paths`` are relative to the artefact's release folder. An XSD step may list several
+    main schemas (UBL Invoice and CreditNote): the one whose target namespace is the
+    document's root namespace applies. A Schematron step applies each stylesheet listed.
+    """
+
+    kind: Literal["xsd", "schematron"]
+    artefact: str = Field(min_length=1, max_length=80)
+    version: str = Field(min_length=1, max_length=80)
+    paths: list[str] = Field(min_length=1)
+
+    @property
+    def label(self) -> str:
+        return f"{self.artefact} {self.version}"
+
+
+class ValidationProfile(BaseModel):
+    """Ordered validation steps for a berichtsoort: at most one XSD step, first, then
+    Schematron steps (docs/validation.md)."""
+
+    name: str = Field(min_length=1, max_length=80)
+    steps: list[ValidationStep] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _xsd_first(self) -> ValidationProfile:
+        kinds = [s.kind for s in self.steps]
+        if "xsd" in kinds[1:] or kinds.count("xsd") > 1:
+            raise ValueError("a validation profile has at most one XSD step, and it comes first")
+        return self
+
+    @property
+    def label(self) -> str:
+        """``SI-UBL 2.0 (ubl-2.1 2.1, si-ubl-2.0 2.0.3.12)``: recorded per envelope."""
+        return f"{self.name} ({', '.join(s.label for s in self.steps)})"
+
+
 class Berichtsoort(BaseModel):
     name: str = Field(max_length=80)
     koppelvlakken: list[str]
@@ -49,6 +89,7 @@ class Berichtsoort(BaseModel):
     copies: list[str] = Field(default_factory=list)
     max_size: int = 20 * 1024 * 1024
     xsd: str | None = None
+    validation: ValidationProfile | None = None  # official artefacts (replaces ``xsd``)
     mime_types: list[str] = Field(default_factory=lambda: ["text/xml", "application/xml"])
     xml: bool = True  # the document must be well-formed XML
     smtp_address: str | None = None
@@ -71,6 +112,8 @@ class Berichtsoort(BaseModel):
     def _owner_default(self) -> Berichtsoort:
         if self.owner is None and self.recipients:
             self.owner = self.recipients[0]
+        if self.validation is not None and self.xsd is not None:
+            raise ValueError("give either xsd or validation, not both")
         return self
 
 

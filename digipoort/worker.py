@@ -3,14 +3,28 @@
 Messages are consumed with a prefetch window and handed to the handler in batches (all
 that are waiting, up to ``max_batch``), so one database transaction and one round of
 publishes serve many envelopes. A batch is acked only after the handler returned, i.e.
-after its results were committed and the next stage's messages confirmed. If the handler
-fails for a batch, each message is retried alone; one that still fails is nacked and
-redelivered. On its last allowed delivery (the quorum queue's ``x-delivery-count`` header
-has reached the delivery limit) a failing message is dead-lettered by the worker itself:
-published with a confirm to ``digipoort.dead`` with the stage and the reason in its
-headers, then acked, so the operator and the sender's history (``routing/deadletters.py``
-records the status) both learn why. Should that publish fail, the message is nacked and
-the broker's own delivery limit dead-letters it (``x-death`` then says which queue).
+after its results were committed and the next stage's messages confirmed.
+
+Two kinds of failure are told apart (:func:`digipoort.outages.is_outage`):
+
+* **An outage** of PostgreSQL or RabbitMQ (connection refused or lost, a publish not
+  confirmed or nacked, the server shutting down or starting up) is not a property of the
+  message. The stage holds the batch — no nack, so the quorum queue's delivery count does
+  not move and nothing is dead-lettered — and stops taking work (its prefetch window is
+  full and unacked), reports itself not ready, probes the dependencies (database
+  ``SELECT 1``, broker connection) every ``outage_poll`` seconds at most and runs the
+  same batch again as soon as they answer. An outage of hours costs nothing but time.
+* **A failure of the message** (envelope missing, handler bug, unroutable publish): the
+  batch is retried one by one; a message that still fails is returned to the queue after
+  a backoff of its own (``retry_backoff`` doubling per delivery, capped at 60 s) — a timer,
+  not a sleep, so the stage keeps serving every other message meanwhile. On its last
+  allowed delivery (``x-delivery-count`` has reached the delivery limit) it is
+  dead-lettered by the worker itself: published with a confirm to ``digipoort.dead``
+  with the stage and the reason in its headers, then acked, so the operator and the
+  sender's history (``routing/deadletters.py`` records the status) both learn why.
+  Should that publish fail, the message is nacked and the broker's own delivery limit
+  dead-letters it (``x-death`` then says which queue).
+
 A message that is not a work item at all is dead-lettered at once. Never dropped.
 """
 
@@ -27,6 +41,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
 from digipoort import metrics
 from digipoort.broker import WORK_QUEUES, Broker
+from digipoort.outages import describe_outage, is_outage
 
 log = structlog.get_logger(__name__)
 
@@ -41,6 +56,13 @@ def parse_work_item(body: bytes) -> UUID:
     return UUID(data["kenmerk"])
 
 
+Probe = Callable[[], Awaitable[bool]]
+
+
+class _Stopping(Exception):
+    """The consumer was stopped while it held a batch through an outage."""
+
+
 class BatchConsumer:
     def __init__(
         self,
@@ -52,12 +74,16 @@ class BatchConsumer:
         max_batch: int = 128,
         delivery_limit: int | None = None,
         retry_backoff: float = 2.0,
+        probe: Probe | None = None,
+        outage_poll: float = 1.0,
     ) -> None:
         self._broker = broker
         # the work queue's x-delivery-limit (the broker's setting unless given)
         self._delivery_limit = broker.delivery_limit if delivery_limit is None else delivery_limit
         self._retry_backoff = retry_backoff
-        self._stage = stage
+        self._probe = probe or self._broker_up
+        self._outage_poll = outage_poll
+        self.stage = stage
         self._handler = handler
         self._prefetch = prefetch
         self._max_batch = max_batch
@@ -67,22 +93,37 @@ class BatchConsumer:
         self._queue: AbstractQueue
         self._task: asyncio.Task[None] | None = None
         self._processing = asyncio.Lock()
+        self._stopping = asyncio.Event()
+        self._retries: set[asyncio.TimerHandle] = set()
+        #: what the stage is waiting for during an outage ("database", "broker"), else None
+        self.waiting_for: str | None = None
+        self._outage_started = 0.0
+        self._outage_delay = 0.0
+
+    async def _broker_up(self) -> bool:
+        return self._broker.connected
 
     async def start(self) -> None:
         self._channel = await self._broker.channel(prefetch=self._prefetch)
-        self._queue = await self._broker.declare_work_queue(self._channel, self._stage)
+        self._queue = await self._broker.declare_work_queue(self._channel, self.stage)
         self._consumer_tag = await self._queue.consume(self._on_message)
         self._task = asyncio.get_running_loop().create_task(self._loop())
-        log.info("stage consuming", stage=self._stage)
+        log.info("stage consuming", stage=self.stage)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         self._buffer.put_nowait(message)
 
     async def stop(self) -> None:
-        """Stop taking work, finish the batch in hand; unacked messages return to the queue."""
+        """Stop taking work, finish the batch in hand; unacked messages return to the queue
+        (also those held through an outage or waiting for their retry)."""
+        self._stopping.set()
+        for handle in self._retries:
+            handle.cancel()
+        self._retries.clear()
         if self._channel is not None and self._consumer_tag is not None:
-            try:
-                await self._queue.cancel(self._consumer_tag)
+            try:  # bounded: during a broker outage there is nobody to answer
+                async with asyncio.timeout(5):
+                    await self._queue.cancel(self._consumer_tag)
             except Exception as exc:
                 log.warning("cancel consumer failed", error=str(exc))
         async with self._processing:  # wait for the batch in hand
@@ -92,7 +133,8 @@ class BatchConsumer:
             await asyncio.gather(self._task, return_exceptions=True)
         if self._channel is not None:
             try:
-                await self._channel.close()
+                async with asyncio.timeout(5):
+                    await self._channel.close()
             except Exception as exc:
                 log.debug("channel close failed", error=str(exc))
 
@@ -102,7 +144,10 @@ class BatchConsumer:
             async with self._processing:
                 while len(batch) < self._max_batch and not self._buffer.empty():
                     batch.append(self._buffer.get_nowait())
-                await self._process(batch)
+                try:
+                    await self._process(batch)
+                except _Stopping:
+                    return
 
     async def _process(self, batch: list[AbstractIncomingMessage]) -> None:
         started = time.perf_counter()
@@ -111,32 +156,85 @@ class BatchConsumer:
             try:
                 items.append((message, parse_work_item(message.body)))
             except (ValueError, UnicodeDecodeError) as exc:
-                log.error("not a work item; dead-lettered", stage=self._stage, error=str(exc))
-                metrics.DEAD_LETTERED.labels(self._stage, "malformed").inc()
+                log.error("not a work item; dead-lettered", stage=self.stage, error=str(exc))
+                metrics.DEAD_LETTERED.labels(self.stage, "malformed").inc()
                 await _settle(message.reject(requeue=False))
         if not items:
             return
         try:
-            await self._handler([k for _, k in items])
-        except Exception as exc:
-            if len(items) == 1:
-                await self._failed(items[0][0], items[0][1], exc)
-            else:
-                log.warning("batch failed; retrying one by one", stage=self._stage, error=str(exc))
-                for message, kenmerk in items:
-                    try:
-                        await self._handler([kenmerk])
-                    except Exception as exc1:
-                        await self._failed(message, kenmerk, exc1)
-                    else:
-                        await _settle(message.ack())
-                        metrics.STAGE_MESSAGES.labels(self._stage, "ok").inc()
-            return
+            failure = await self._run([k for _, k in items])
         finally:
-            metrics.STAGE_DURATION.labels(self._stage).observe(time.perf_counter() - started)
-        for message, _ in items:
-            await _settle(message.ack())
-        metrics.STAGE_MESSAGES.labels(self._stage, "ok").inc(len(items))
+            metrics.STAGE_DURATION.labels(self.stage).observe(time.perf_counter() - started)
+        if failure is None:
+            for message, _ in items:
+                await _settle(message.ack())
+            metrics.STAGE_MESSAGES.labels(self.stage, "ok").inc(len(items))
+        elif len(items) == 1:
+            await self._failed(items[0][0], items[0][1], failure)
+        else:
+            log.warning("batch failed; retrying one by one", stage=self.stage, error=str(failure))
+            for message, kenmerk in items:
+                failure = await self._run([kenmerk])
+                if failure is None:
+                    await _settle(message.ack())
+                    metrics.STAGE_MESSAGES.labels(self.stage, "ok").inc()
+                else:
+                    await self._failed(message, kenmerk, failure)
+
+    async def _run(self, kenmerken: list[UUID]) -> Exception | None:
+        """Run the handler; through an outage hold the batch and run it again once the
+        dependencies answer. Returns the failure of the message(s), None on success."""
+        while True:
+            try:
+                await self._handler(kenmerken)
+            except Exception as exc:
+                if is_outage(exc):
+                    await self._wait_out(exc)
+                    continue
+                self._resumed()  # the dependencies answered: this one is the message's
+                return exc
+            self._resumed()
+            return None
+
+    async def _wait_out(self, exc: Exception) -> None:
+        """Wait until the probe says the dependencies answer. The wait between probes
+        grows from 0.1 s to ``outage_poll`` and stays there for the rest of the outage
+        (a nacked publish is invisible to the probe: the retry itself is the test)."""
+        if self.waiting_for is None:
+            self.waiting_for = describe_outage(exc)
+            self._outage_started = time.monotonic()
+            self._outage_delay = min(0.1, self._outage_poll)
+            metrics.STAGE_WAITING.labels(self.stage).set(1)
+            log.error(
+                "dependency unavailable; stage holds its work and waits",
+                stage=self.stage,
+                waiting_for=self.waiting_for,
+                error=repr(exc),
+            )
+        while True:
+            try:
+                await asyncio.wait_for(self._stopping.wait(), timeout=self._outage_delay)
+            except TimeoutError:
+                pass
+            else:
+                raise _Stopping
+            self._outage_delay = min(self._outage_delay * 2, self._outage_poll)
+            try:
+                if await self._probe():
+                    return
+            except Exception as probe_exc:
+                log.debug("probe failed", stage=self.stage, error=repr(probe_exc))
+
+    def _resumed(self) -> None:
+        if self.waiting_for is not None:
+            log.warning(
+                "dependency back; stage resumes",
+                stage=self.stage,
+                waited_for=self.waiting_for,
+                seconds=round(time.monotonic() - self._outage_started, 1),
+            )
+            self.waiting_for = None
+            metrics.STAGE_WAITING.labels(self.stage).set(0)
 
     async def _failed(
         self, message: AbstractIncomingMessage, kenmerk: UUID, exc: Exception
@@ -145,29 +243,40 @@ class BatchConsumer:
         if deliveries >= self._delivery_limit:
             await self._dead_letter(message, kenmerk, exc, deliveries)
             return
+        backoff = min(60.0, self._retry_backoff * 2**deliveries)
         log.error(
-            "stage failed; message returned to the queue",
-            stage=self._stage,
+            "stage failed; message returned to the queue after its backoff",
+            stage=self.stage,
             kenmerk=str(kenmerk),
             error=repr(exc),
             redelivered=message.redelivered,
+            backoff_seconds=backoff,
         )
-        metrics.STAGE_MESSAGES.labels(self._stage, "failed").inc()
-        # back off before the redelivery (the consumer holds the message meanwhile)
-        await asyncio.sleep(min(60.0, self._retry_backoff * 2**deliveries))
-        await _settle(message.nack(requeue=True))
+        metrics.STAGE_MESSAGES.labels(self.stage, "failed").inc()
+        # back off before the redelivery: the consumer holds this one message meanwhile
+        # while the loop goes on serving the others
+        loop = asyncio.get_running_loop()
+
+        def requeue() -> None:
+            self._retries.discard(handle)
+            task = loop.create_task(_settle(message.nack(requeue=True)))
+            _background.add(task)
+            task.add_done_callback(_background.discard)
+
+        handle = loop.call_later(backoff, requeue)
+        self._retries.add(handle)
 
     async def _dead_letter(
         self, message: AbstractIncomingMessage, kenmerk: UUID, exc: Exception, deliveries: int
     ) -> None:
         reason = f"{type(exc).__name__}: {exc}"[:2000]
-        bound = log.bind(kenmerk=str(kenmerk), stage=self._stage)
+        bound = log.bind(kenmerk=str(kenmerk), stage=self.stage)
         try:
             await self._broker.publish_dead(
                 message.body,
                 message_id=str(kenmerk),
-                stage=self._stage,
-                queue=WORK_QUEUES.get(self._stage, self._stage),
+                stage=self.stage,
+                queue=WORK_QUEUES.get(self.stage, self.stage),
                 reason=reason,
                 deliveries=deliveries + 1,
                 content_type=message.content_type,
@@ -178,13 +287,16 @@ class BatchConsumer:
                 error=repr(pub_exc),
                 reason=reason,
             )
-            metrics.STAGE_MESSAGES.labels(self._stage, "failed").inc()
+            metrics.STAGE_MESSAGES.labels(self.stage, "failed").inc()
             await _settle(message.nack(requeue=True))
             return
         await _settle(message.ack())
         bound.error("poison message dead-lettered", reason=reason, deliveries=deliveries + 1)
-        metrics.STAGE_MESSAGES.labels(self._stage, "dead_lettered").inc()
-        metrics.DEAD_LETTERED.labels(self._stage, "delivery_limit").inc()
+        metrics.STAGE_MESSAGES.labels(self.stage, "dead_lettered").inc()
+        metrics.DEAD_LETTERED.labels(self.stage, "delivery_limit").inc()
+
+
+_background: set[asyncio.Task[None]] = set()
 
 
 def delivery_count(message: AbstractIncomingMessage) -> int:

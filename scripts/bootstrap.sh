@@ -73,6 +73,9 @@ ensure_venv
 case "$mode" in
   serve)
     [ -f "$DEV_DIR/digipoort.toml" ] || .venv/bin/digipoort dev init --dir "$DEV_DIR"
+    # validation artefacts (UBL 2.1, EN 16931, SI-UBL 2.0) from $DIGIPOORT_STANDARDS or
+    # ../shared/standards when present; otherwise it says how to install them
+    .venv/bin/digipoort standards dev --config "$DEV_DIR/digipoort.toml"
     .venv/bin/digipoort setup --config "$DEV_DIR/digipoort.toml"
     say "serving (Ctrl-C stops)"
     exec .venv/bin/digipoort serve --config "$DEV_DIR/digipoort.toml"

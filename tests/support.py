@@ -31,6 +31,8 @@ from digipoort.devenv import (  # noqa: F401 - re-exported for the tests
     DOUANE,
     HBAG,
     RIJKSDIENST_INKOOP,
+    find_standards,
+    link_sample_artefacts,
     render_config,
 )
 from digipoort.envelope import Aanlevering, Document, Identiteit
@@ -167,24 +169,36 @@ async def set_aflever(
     await registry_store.load_config(await env.conn(), env.settings.registry, actor="tests")
 
 
-async def create_env(base: Path, pki: Path, template_db: str) -> Env:
+async def create_env(
+    base: Path,
+    pki: Path,
+    template_db: str,
+    *,
+    pg_admin: str = PG_ADMIN,
+    amqp: str = AMQP,
+    mgmt: str = MGMT,
+) -> Env:
+    """An environment on the machine's servers, or on servers of the test's own
+    (tests/servers.py) when their URLs are given."""
     name = f"dptest_{uuid.uuid4().hex[:12]}"
     directory = base / name
     directory.mkdir(parents=True)
     (directory / "pki").symlink_to(pki)
-    admin = await asyncpg.connect(f"{PG_ADMIN}/postgres")
+    if (standards := find_standards()) is not None:  # validation artefacts (issue 13)
+        link_sample_artefacts(directory / "standards", standards)
+    admin = await asyncpg.connect(f"{pg_admin}/postgres")
     try:
         await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
     finally:
         await admin.close()
-    await provision.Management(MGMT).ensure_vhost(name)
-    db_url = f"{PG_ADMIN}/{name}"
-    amqp_url = f"{AMQP}/{name}"
+    await provision.Management(mgmt).ensure_vhost(name)
+    db_url = f"{pg_admin}/{name}"
+    amqp_url = f"{amqp}/{name}"
     passive = 30000 + (uuid.uuid4().int % 1500) * 20  # a random block of 20 passive ports
     config = render_config(
         database_url=db_url,
         broker_url=amqp_url,
-        management_url=MGMT,
+        management_url=mgmt,
         http_port=free_port(),
         wus_port=free_port(),
         smtp_port=free_port(),
@@ -236,13 +250,13 @@ async def throwaway_env(prefix: str = "dpbench") -> AsyncIterator[tuple[Env, Pat
             await provision.drop_database(f"{PG_ADMIN}/{tpl}")
 
 
-async def create_template(name: str) -> None:
-    admin = await asyncpg.connect(f"{PG_ADMIN}/postgres")
+async def create_template(name: str, *, pg_admin: str = PG_ADMIN) -> None:
+    admin = await asyncpg.connect(f"{pg_admin}/postgres")
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
     finally:
         await admin.close()
-    await db.migrate_url(f"{PG_ADMIN}/{name}")
+    await db.migrate_url(f"{pg_admin}/{name}")
 
 
 def aanlevering(

@@ -52,6 +52,7 @@ def test_dev_init_writes_environment_and_keeps_keys(tmp_path: Path) -> None:
         "CBS-Detailhandel",
         "DigiInkoop-Factuur",
         "DigiInkoop-Order",
+        "e-Factuur-EN16931",
         "Douane-Uitvoer",
         "DNB-DGS",
     }

@@ -240,11 +240,13 @@ async def test_large_documents_validated_off_the_event_loop(env: Env) -> None:
     gw = await env.start_gateway()
     assert gw.intake is not None
     valid = (SAMPLES / "digiinkoop-factuur.xml").read_bytes()
-    big = valid.replace(b"<IssueDate>", b"<!--" + b"x" * 400_000 + b"-->\n  <IssueDate>", 1)
+    big = valid.replace(
+        b"<cbc:IssueDate>", b"<!--" + b"x" * 400_000 + b"-->\n  <cbc:IssueDate>", 1
+    )
     assert len(big) > 300_000 and big != valid
     ok = await gw.intake.aanleveren(aanlevering("DigiInkoop-Factuur", content=big))
     await env.wait_status(ok.kenmerk, "400", recipient=RIJKSDIENST_INKOOP)
-    bad = big.replace(b"<IssueDate>2026-11-01", b"<IssueDate>1 november", 1)
+    bad = big.replace(b"<cbc:IssueDate>2026-11-01", b"<cbc:IssueDate>1 november", 1)
     refused = await gw.intake.aanleveren(aanlevering("DigiInkoop-Factuur", content=bad))
     history = await env.wait_status(refused.kenmerk, "311")
     assert history[-1].details and "IssueDate" in history[-1].details

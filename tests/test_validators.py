@@ -22,10 +22,14 @@ from validators.schemas import (
     SchemaError,
     SchemaNotFound,
     SchemaRegistry,
+    strip_inert_doctype,
     validate_document,
 )
 
 SAMPLES = Path(__file__).resolve().parent.parent / "validators" / "samples"
+# The home-made DigiInkoop schemas and their documents stay as fixtures for the XSD
+# machinery (streaming, line numbers); the berichtsoorten use the official UBL 2.1 now.
+HOMEMADE = SAMPLES / "homemade"
 FLOWS = ["cbs-detailhandel", "digiinkoop-factuur", "digiinkoop-order"]
 XS = 'xmlns:xs="http://www.w3.org/2001/XMLSchema"'
 
@@ -42,6 +46,8 @@ def errors_of(schema: etree.XMLSchema) -> list[Any]:
 
 
 def sample(name: str) -> bytes:
+    if name.startswith("digiinkoop-"):
+        return (HOMEMADE / name).read_bytes()
     return (SAMPLES / name).read_bytes()
 
 
@@ -190,7 +196,10 @@ def test_a_broken_schema_is_a_schema_error_and_is_not_cached(tmp_path: Path) -> 
     "text",
     [
         "<xs:schema",  # not well-formed
-        f'<!DOCTYPE xs:schema [<!ENTITY e "x">]><xs:schema {XS}/>',  # DTD in the schema
+        # a DTD whose entity is used, or with an external identifier
+        f'<!DOCTYPE xs:schema [<!ENTITY e "x">]><xs:schema {XS} id="&e;"/>',
+        f'<!DOCTYPE xs:schema SYSTEM "http://127.0.0.1:1/x.dtd"><xs:schema {XS}/>',
+        f'<!DOCTYPE xs:schema [<!ENTITY e "x">]><!DOCTYPE a []><xs:schema {XS}/>',
         "<notaschema/>",
     ],
 )
@@ -198,6 +207,18 @@ def test_bad_schema_files_are_refused(tmp_path: Path, text: str) -> None:
     (tmp_path / "flow.xsd").write_text(text)
     with pytest.raises(SchemaError):
         SchemaRegistry([tmp_path]).get("flow.xsd")
+
+
+def test_an_inert_dtd_in_a_schema_file_is_blanked(tmp_path: Path) -> None:
+    """OASIS UBL 2.1 ships the W3C xmldsig schema with an unused internal DTD subset."""
+    text = (
+        f'<!DOCTYPE xs:schema\n [\n <!ENTITY dsig "urn:x">\n ]>\n<xs:schema {XS}>'
+        "<xs:element name='a' type='xs:string'/></xs:schema>"
+    )
+    (tmp_path / "flow.xsd").write_text(text)
+    assert validate_document(b"<a>x</a>", SchemaRegistry([tmp_path]).get("flow.xsd")) == []
+    assert strip_inert_doctype(text.encode()).count(b"\n") == text.count("\n")
+    assert strip_inert_doctype(b"<a>&amp;</a>") == b"<a>&amp;</a>"
 
 
 def schema_importing(location: str, *, kind: str = "import") -> str:
@@ -291,7 +312,7 @@ def test_other_imports_are_refused(tmp_path: Path, outside: Path, location: str)
     search = tmp_path / "xsd"
     search.mkdir()
     (search / "symlink.xsd").symlink_to(outside / "secret.xsd")
-    (search / "with-dtd.xsd").write_text(f'<!DOCTYPE x [<!ENTITY e "x">]>{COMMON}')
+    (search / "with-dtd.xsd").write_text(f'<!DOCTYPE x SYSTEM "x.dtd">{COMMON}')
     location = {
         "OUTSIDE_ABSOLUTE": str(outside / "secret.xsd"),
         "OUTSIDE_URI": (outside / "secret.xsd").as_uri(),
@@ -508,7 +529,7 @@ def test_fuzz_validate_document_only_returns_violations(
 
 
 def test_samples_directory_lists_what_the_tests_use() -> None:
-    names = set(os.listdir(SAMPLES))
+    names = set(os.listdir(SAMPLES)) | set(os.listdir(HOMEMADE))
     expected = {f"{f}.xml" for f in FLOWS} | {f"{f}-invalid.xml" for f in FLOWS}
     expected |= {"omzetbelasting.xml", "malformed.xml", "billion-laughs.xml", "xxe.xml"}
     assert expected <= names

@@ -13,6 +13,13 @@ schemes, paths outside the search directories, symlinks leading out of them) wit
 letting libxml2 fall back to its own loader. A refused import makes the schema fail to
 load (:class:`SchemaError`), never silently validate less.
 
+**Inert DTDs in schema files.** Some official schemas carry a DOCTYPE with only an internal
+subset that nothing uses (OASIS UBL 2.1's copy of the W3C xmldsig schema declares entities
+and a fixed ``xmlns:ds`` it also writes out). For *schema files only*,
+:func:`strip_inert_doctype` blanks such a DOCTYPE (keeping the line count) when it has no
+``SYSTEM``/``PUBLIC`` identifier and the document references no entity; any other DTD is
+still refused by the hardened parser. Documents being validated never get this treatment.
+
 **Validating.** :func:`validate_document` checks well-formedness and limits with the
 hardened parser, then validates against the XSD *while re-parsing the bytes* with lxml's
 streaming XSD validation (linear time). Tree validation (``XMLSchema.validate``) is not
@@ -129,10 +136,18 @@ class SchemaRegistry:
             self._cache[name] = schema
         return schema
 
+    def compile_path(self, path: Path) -> etree.XMLSchema:
+        """Compile the schema file ``path`` (inside a search directory; its imports are
+        served from the search directories). Not cached: callers keep the result."""
+        resolved = path.resolve()
+        if not any(_inside(resolved, d) for d in self._dirs) or not resolved.is_file():
+            raise SchemaNotFound(f"schema {path} is not a file in the search directories")
+        return self._compile(resolved)
+
     def _compile(self, path: Path) -> etree.XMLSchema:
         resolver = _SearchDirResolver(self._dirs, self._limits)
         try:
-            data = path.read_bytes()
+            data = strip_inert_doctype(path.read_bytes())
         except OSError as exc:
             raise SchemaError(f"schema {path.name}: cannot read {path}: {exc}") from None
         try:
@@ -175,7 +190,7 @@ class _SearchDirResolver(etree.Resolver):
             if path is None:
                 self.refused.append(f"{url!r} is not a schema file in the search directories")
                 return self.resolve_string(b"", context, base_url=None)
-            data = path.read_bytes()
+            data = strip_inert_doctype(path.read_bytes())
             xmlsafe.parse(data, self._limits)  # libxml2 re-parses it with its own options
         except (OSError, RuntimeError, ValueError, XmlRejected) as exc:
             self.refused.append(f"{url!r}: {exc}")
@@ -215,6 +230,22 @@ class _SearchDirResolver(etree.Resolver):
             if _inside(candidate, d) and candidate.is_file():
                 return candidate
         return None
+
+
+_INERT_DOCTYPE: Final = re.compile(rb"<!DOCTYPE\s+[A-Za-z_][\w.:-]*\s*\[[^\]]*\]\s*>")
+_ENTITY_REF: Final = re.compile(rb"&(?!(?:lt|gt|amp|quot|apos|#[0-9]+|#x[0-9A-Fa-f]+);)")
+
+
+def strip_inert_doctype(data: bytes) -> bytes:
+    """``data`` with an unused internal-subset-only DOCTYPE blanked (schema files only)."""
+    match = _INERT_DOCTYPE.search(data, 0, 64 * 1024)
+    if match is None:
+        return data
+    rest = data[: match.start()] + data[match.end() :]
+    if _ENTITY_REF.search(rest) or b"<!DOCTYPE" in rest:
+        return data
+    blank = b"\n" * match.group(0).count(b"\n")
+    return data[: match.start()] + blank + data[match.end() :]
 
 
 def _inside(path: Path, directory: Path) -> bool:

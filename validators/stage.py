@@ -9,6 +9,11 @@ For each envelope, in order:
    the berichtsoort's XSD → 301, or 311 with foutcode VAS500 and the errors (line,
    message) in statusdetails; a technical problem (schema missing, storage unreadable)
    → 321 with VAS400.
+   A berichtsoort with a *validation profile* (official XSD + Schematron artefacts,
+   docs/validation.md) is validated in the worker processes instead: fatal/error findings
+   → 311 VAS500 with the findings (rule id, severity, text, XPath) in statusdetails;
+   warnings only → 301 with the warnings in statusdetails. The profile and its versions
+   are recorded on the envelope (``envelopes.validatieprofiel``).
 
 The codes are listed in docs/codes.md. Redelivered work items are recognised by the
 envelope's stage and only forwarded again, never validated twice.
@@ -21,6 +26,7 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 from uuid import UUID
 
 import asyncpg
@@ -31,12 +37,14 @@ from digipoort.broker import ROUTE, Broker
 from digipoort.envelope import EnvelopeRecord, StoredDocument
 from digipoort.envelopestore import fetch_envelopes, set_stage
 from digipoort.payloads import PayloadStore
-from digipoort.registry import Registry, Weigering
+from digipoort.registry import Berichtsoort, Registry, Weigering
 from digipoort.registry_store import RegistryHolder
 from digipoort.status import Status
 from digipoort.statusstore import write_statuses
 from digipoort.xmlsafe import XmlLimits
 from validators.content import Violation, check_mime, check_size
+from validators.findings import Finding, findings_from_violations, verdict
+from validators.profileset import ProfileSet
 from validators.schemas import SchemaRegistry, validate_document
 
 log = structlog.get_logger(__name__)
@@ -59,10 +67,22 @@ REFUSED = "geweigerd"
 class Outcome:
     statuses: list[Status]
     stage: str
+    profile: str | None = None  # the validation profile (and versions) that judged it
 
     @property
     def forward(self) -> bool:
         return self.stage == VALIDATED
+
+
+def technical_problem(accepted: Status) -> Outcome:
+    """200, then 321 VAS400: the gateway could not judge the document (not its fault)."""
+    failed = Status(
+        accepted.kenmerk,
+        "321",
+        foutcode="VAS400",
+        foutbeschrijving="Technisch probleem bij validatie",
+    )
+    return Outcome([accepted, failed], REFUSED)
 
 
 def format_violations(violations: Sequence[Violation]) -> str:
@@ -83,7 +103,11 @@ class ValidationStage:
         schemas: SchemaRegistry,
         *,
         xml_limits: XmlLimits,
+        profiles: ProfileSet | None = None,
+        max_findings: int = 50,
     ) -> None:
+        self._profiles = profiles
+        self._max_findings = max_findings
         self._pool = pool
         self._broker = broker
         self._store = store
@@ -98,6 +122,7 @@ class ValidationStage:
         records = await fetch_envelopes(self._pool, kenmerken)
         statuses: list[Status] = []
         stages: dict[UUID, str] = {}
+        profiles: list[tuple[UUID, str]] = []
         forward: list[UUID] = []
         for kenmerk in dict.fromkeys(kenmerken):
             record = records.get(kenmerk)
@@ -110,12 +135,18 @@ class ValidationStage:
             outcome = await self.evaluate(record, self._registry.current)
             statuses.extend(outcome.statuses)
             stages[kenmerk] = outcome.stage
+            if outcome.profile:
+                profiles.append((kenmerk, outcome.profile))
             if outcome.forward:
                 forward.append(kenmerk)
         if stages:
             async with self._pool.acquire() as conn, conn.transaction():
                 await write_statuses(conn, statuses)
                 await set_stage(conn, stages)
+                if profiles:
+                    await conn.executemany(
+                        "UPDATE envelopes SET validatieprofiel = $2 WHERE kenmerk = $1", profiles
+                    )
             for s in statuses:
                 metrics.STATUSES.labels(s.code).inc()
                 if s.foutcode:
@@ -146,24 +177,15 @@ class ValidationStage:
             return Outcome(statuses, REFUSED)
         accepted = Status(k, "200")
         soort = registry.berichtsoorten[record.berichtsoort]
+        if soort.validation is not None and self._profiles is not None:
+            return await self._evaluate_profile(record, soort, accepted, log_)
         try:
             violations = await self._check_documents(
                 record.documents, soort.max_size, soort.mime_types, soort.xml, soort.xsd
             )
         except Exception as exc:
             log_.error("technisch probleem bij validatie", error=repr(exc))
-            return Outcome(
-                [
-                    accepted,
-                    Status(
-                        k,
-                        "321",
-                        foutcode="VAS400",
-                        foutbeschrijving="Technisch probleem bij validatie",
-                    ),
-                ],
-                REFUSED,
-            )
+            return technical_problem(accepted)
         if violations:
             details = format_violations(violations)
             log_.info("validatie niet gelukt", violations=len(violations))
@@ -183,6 +205,65 @@ class ValidationStage:
         log_.debug("validatie gelukt")
         return Outcome([accepted, Status(k, "301")], VALIDATED)
 
+    async def _evaluate_profile(
+        self, record: EnvelopeRecord, soort: Berichtsoort, accepted: Status, log_: Any
+    ) -> Outcome:
+        """Limits, then the berichtsoort's validation profile in the worker processes."""
+        assert self._profiles is not None and soort.validation is not None
+        k = record.kenmerk
+        label = soort.validation.label
+        try:
+            findings, label = await self._profile_findings(record, soort, label)
+        except Exception as exc:
+            log_.error("technisch probleem bij validatie", error=str(exc) or repr(exc))
+            return technical_problem(accepted)
+        judged = verdict(findings, profile=label, max_findings=self._max_findings)
+        status = Status(
+            k,
+            judged.code,
+            foutcode=judged.foutcode,
+            foutbeschrijving=judged.foutbeschrijving,
+            details=judged.details,
+        )
+        if not judged.accepted:
+            refusing = sorted({f.rule for f in findings if f.refusing})
+            log_.info(
+                "validatie niet gelukt", findings=len(findings), rules=refusing[:20], profiel=label
+            )
+            return Outcome([accepted, status], REFUSED, label)
+        log_.debug("validatie gelukt", warnings=len(findings), profiel=label)
+        return Outcome([accepted, status], VALIDATED, label)
+
+    async def _profile_findings(
+        self, record: EnvelopeRecord, soort: Berichtsoort, label: str
+    ) -> tuple[list[Finding], str]:
+        assert self._profiles is not None
+        limits = self._limit_violations(record.documents, soort.max_size, soort.mime_types)
+        if limits:
+            return findings_from_violations(limits, None), label
+        inhoud = next(d for d in record.documents if d.seq == 0)
+        if not soort.xml:
+            return [], label
+        spec = await self._profiles.get(soort.name)
+        data = inhoud.data if inhoud.data is not None else await self._store.read(inhoud.sha256)
+        return await self._profiles.pool.check(spec, data, self._xml_limits), spec.label
+
+    def _limit_violations(
+        self, documents: Sequence[StoredDocument], max_size: int, mime_types: Sequence[str]
+    ) -> list[Violation]:
+        violations: list[Violation] = []
+        for doc in documents:
+            v = check_size(doc.size, max_size)
+            if v is not None:
+                violations.append(Violation(v.code, f"{doc.bestandsnaam}: {v.message}"))
+        inhoud = next((d for d in documents if d.seq == 0), None)
+        if inhoud is None:
+            return [Violation("missing", "berichtInhoud ontbreekt")]
+        mime = check_mime(inhoud.mime_type, mime_types) if mime_types else None
+        if mime is not None:
+            violations.append(mime)
+        return violations
+
     async def _check_documents(
         self,
         documents: Sequence[StoredDocument],
@@ -191,18 +272,9 @@ class ValidationStage:
         xml: bool,
         xsd: str | None,
     ) -> list[Violation]:
-        violations: list[Violation] = []
-        for doc in documents:
-            for v in (check_size(doc.size, max_size),):
-                if v is not None:
-                    violations.append(Violation(v.code, f"{doc.bestandsnaam}: {v.message}"))
+        violations = self._limit_violations(documents, max_size, mime_types)
         inhoud = next((d for d in documents if d.seq == 0), None)
-        if inhoud is None:
-            return [Violation("missing", "berichtInhoud ontbreekt")]
-        mime = check_mime(inhoud.mime_type, mime_types) if mime_types else None
-        if mime is not None:
-            violations.append(mime)
-        if violations or not xml:
+        if violations or not xml or inhoud is None:
             return violations
         data = inhoud.data if inhoud.data is not None else await self._store.read(inhoud.sha256)
         if len(data) <= INLINE_VALIDATION_BYTES:

@@ -63,6 +63,7 @@ from digipoort import metrics
 from digipoort.config import Settings
 from digipoort.envelope import Aanlevering
 from digipoort.intake import Intake, IntakeRefused, IntakeUnavailable
+from digipoort.outages import is_outage
 from digipoort.payloads import PayloadStore
 from digipoort.pki import CertificateRejected, CertificateVerifier, peer_certificate
 from digipoort.registry import Weigering
@@ -273,7 +274,13 @@ class WusService:
                 "bst_oin_mismatch",
                 "het OIN van het ondertekeningscertificaat verschilt van dat van de TLS-verbinding",
             )
-        if not await store.remember_message_id(self.pool, tls_oin, parsed.message_id):
+        try:
+            fresh = await store.remember_message_id(self.pool, tls_oin, parsed.message_id)
+        except Exception as exc:  # a database outage is a database failure, not ours
+            if not is_outage(exc):
+                raise
+            raise Refusal("technical", "database_unavailable", public=False) from exc
+        if not fresh:
             raise Refusal("timestamp", "replayed_message_id", public=False)
         return Caller(tls_oin, parsed, operation, security)
 
