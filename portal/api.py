@@ -99,7 +99,7 @@ async def submit(request: web.Request) -> web.Response:
 async def validate(request: web.Request) -> web.Response:
     upload = await upload_from(request, in_memory=True)
     findings = await submission.validate_only(ctx_of(request), caller(request), upload)
-    return web.json_response({"valid": not findings, "findings": findings})
+    return web.json_response({"valid": submission.is_valid(findings), "findings": findings})
 
 
 async def catalogue(request: web.Request) -> web.Response:

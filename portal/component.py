@@ -19,6 +19,8 @@ from portal.app import application
 from portal.context import Context
 from portal.tls import PortalTls
 from portal.validation import Validator
+from validators.pool import shared_pool
+from validators.profileset import ProfileSet
 from validators.schemas import SchemaRegistry
 
 log = structlog.get_logger(__name__)
@@ -36,14 +38,26 @@ def build_context(gateway: Gateway) -> Context:
         validator=Validator(
             SchemaRegistry([s.config_dir / "xsd"]),
             XmlLimits(max_bytes=s.limits.max_document_bytes, max_depth=s.limits.max_xml_depth),
+            profiles=lambda: _profiles(gateway),
         ),
     )
+
+
+def _profiles(gateway: Gateway) -> ProfileSet:
+    """The validation profiles, as the validator component starts them."""
+    s = gateway.settings
+    assert gateway.registry is not None
+    profiles = ProfileSet(s.resolve(s.validation.artefacts_dir), shared_pool(s.validation.workers))
+    profiles.refresh(gateway.registry.current)
+    gateway.registry.on_change(profiles.refresh)
+    return profiles
 
 
 async def start(gateway: Gateway) -> Callable[[], Awaitable[None]]:
     s = gateway.settings
     tls = PortalTls(s)
-    app = application(build_context(gateway), tls.verifier)
+    ctx = build_context(gateway)
+    app = application(ctx, tls.verifier)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     # header deadline, per-IP connection limit, HTTP-layer refusals logged and counted
@@ -62,5 +76,6 @@ async def start(gateway: Gateway) -> Callable[[], Awaitable[None]]:
     async def stop() -> None:
         await tls.stop()
         await runner.cleanup()
+        await ctx.validator.close()
 
     return stop

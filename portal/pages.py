@@ -69,6 +69,7 @@ async def validate(request: web.Request) -> web.Response:
         "berichtsoort": upload.fields.get("berichtsoort"),
         "bestandsnaam": upload.document.bestandsnaam if upload.document else "",
         "findings": findings,
+        "valid": submission.is_valid(findings),
     }
     return render(request, "validate.html", {"soorten": soorten, "result": result})
 

@@ -17,7 +17,8 @@ from portal.context import Context
 from portal.identity import Caller
 from portal.middleware import CSRF_FIELD, Csrf
 from portal.problems import Problem, clean_text
-from portal.validation import SchemaError
+from portal.validation import UNAVAILABLE
+from validators.findings import REFUSING
 
 log = structlog.get_logger(__name__)
 
@@ -167,14 +168,19 @@ async def validate_only(ctx: Context, caller: Caller, upload: Upload) -> list[di
         raise Problem(422, "document", "kies een document")
     soort = ctx.registry.berichtsoorten[name]
     try:
-        findings = ctx.validator.findings_for(soort, doc.content, doc.mime_type)
-    except SchemaError as exc:
+        findings = await ctx.validator.findings_for(soort, doc.content, doc.mime_type)
+    except UNAVAILABLE as exc:
         log.error("portal.schema_unavailable", berichtsoort=name, error=str(exc))
         raise Problem(
             503, "schema-unavailable", "het schema van deze berichtsoort ontbreekt"
         ) from None
     log.info("portal.validated", oin=caller.oin, berichtsoort=name, findings=len(findings))
     return [f.as_json() for f in findings]
+
+
+def is_valid(findings: list[dict[str, Any]]) -> bool:
+    """No refusing finding (warnings and infos do not refuse)."""
+    return not any(f["severity"] in REFUSING for f in findings)
 
 
 async def submit(ctx: Context, caller: Caller, upload: Upload) -> dict[str, Any]:

@@ -273,3 +273,24 @@ def test_rate_limiter_refills() -> None:
     assert all(limiter.allow("a", now=0.0) == 0 for _ in range(60))
     assert limiter.allow("a", now=0.0) > 0
     assert limiter.allow("a", now=1.01) == 0
+
+
+async def test_validate_only_with_a_validation_profile(run: PortalRun) -> None:
+    """DigiInkoop-Factuur (SI-UBL 2.0 profile): the Schematron findings with rule ids."""
+    if not (run.env.dir / "standards").exists():
+        pytest.skip("validation artefacts not installed (../shared/standards)")
+    bad = (SAMPLES / "digiinkoop-factuur-regels.xml").read_bytes()  # breaks business rules
+    good = (SAMPLES / "digiinkoop-factuur.xml").read_bytes()
+    async with run.session(ALFA) as s:
+        token = await run.csrf(s)
+        form = upload_form(token, "DigiInkoop-Factuur", bad)
+        async with s.post("/api/v1/validate", data=form) as r:
+            result = await r.json()
+            assert r.status == 200, result
+        assert result["valid"] is False
+        rules = {f["rule"] for f in result["findings"] if f["severity"] == "fatal"}
+        assert rules and "XSD" not in rules, result["findings"][:3]  # Schematron rule ids
+        async with s.post(
+            "/api/v1/validate", data=upload_form(token, "DigiInkoop-Factuur", good)
+        ) as r:
+            assert (await r.json())["valid"] is True
