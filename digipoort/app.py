@@ -234,7 +234,7 @@ class Gateway:
             self.settings.http.host,
             self.settings.http.port,
             guard=guard,
-            reuse_port=True,
+            reuse_port=shares_ports(),
         )
         await site.start()
 
@@ -258,6 +258,19 @@ class Gateway:
         if self._http is not None:
             await self._http.cleanup()
         log.info("gateway stopped")
+
+
+# Listen backlog of every TCP port: a burst of connects beyond the session caps must be
+# accepted and refused with the protocol's "busy" reply, not left waiting in SYN retries.
+LISTEN_BACKLOG = 1024
+
+
+def shares_ports() -> bool:
+    """SO_REUSEPORT only for the worker processes of one ``serve --processes N``: any
+    other second process on the same port fails to bind instead of silently sharing it."""
+    from digipoort.supervisor import CHILD_ENV
+
+    return CHILD_ENV in os.environ
 
 
 def metrics_exposition() -> bytes:

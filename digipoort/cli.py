@@ -3,29 +3,50 @@
 from __future__ import annotations
 
 import asyncio
-import json
+import os
 import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from uuid import UUID
 
 import click
 
-from digipoort.clikit import config_option, run_async, settings_from
-from digipoort.config import load_settings
-
-T = TypeVar("T")
+from digipoort import prerequisites
+from digipoort.clikit import (
+    DEBUG_KEY,
+    CliError,
+    DigipoortGroup,
+    config_option,
+    configure_logging,
+    emit,
+    json_option,
+    run_async,
+    settings_from,
+    step,
+)
+from digipoort.config import Settings
 
 _settings = settings_from
 _run = run_async
 
 
-@click.group()
+@click.group(cls=DigipoortGroup)
 @click.version_option(package_name="digipoort")
-def main() -> None:
-    """Digipoort: the Dutch government's electronic post office, as an open gateway."""
+@click.option(
+    "--debug",
+    is_flag=True,
+    help="Tracebacks and debug logs (also DIGIPOORT_LOG_LEVEL=debug).",
+)
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
+    """Digipoort: the Dutch government's electronic post office, as an open gateway.
+
+    Every error is one line on stderr (with --json: {"error": …, "code": …} on stdout)
+    and a non-zero exit; --debug shows the traceback."""
+    ctx.meta[DEBUG_KEY] = debug
+    configure_logging()
 
 
 # -- dev --------------------------------------------------------------------------------
@@ -55,6 +76,7 @@ def dev() -> None:
 @click.option("--smtp-port", default=8587, show_default=True)
 @click.option("--pop3-port", default=8110, show_default=True)
 @click.option("--ftp-port", default=8021, show_default=True)
+@json_option
 def dev_init(
     directory: Path,
     force: bool,
@@ -66,6 +88,7 @@ def dev_init(
     smtp_port: int,
     pop3_port: int,
     ftp_port: int,
+    as_json: bool,
 ) -> None:
     """Write a ready-to-run environment: config, sample registry and test PKI."""
     from digipoort.devenv import init_dev_env
@@ -82,11 +105,14 @@ def dev_init(
         pop3_port=pop3_port,
         ftp_port=ftp_port,
     )
-    for path in written:
-        click.echo(f"wrote {path}")
-    if not written:
-        click.echo(f"{directory} is complete; nothing written (use --force to renew)")
-    click.echo(f"config: {directory / 'digipoort.toml'}")
+    lines = [f"wrote {path}" for path in written] or [
+        f"{directory} is complete; nothing written (use --force to renew)"
+    ]
+    config = directory / "digipoort.toml"
+    emit(
+        {"written": [str(p) for p in written], "config": str(config)},
+        "\n".join([*lines, f"config: {config}"]),
+    )
 
 
 from digipoort.pki.devcli import add_dev_commands  # noqa: E402 - dev pki-server, dev revoke
@@ -97,34 +123,67 @@ add_dev_commands(dev)
 # -- setup --------------------------------------------------------------------------------
 @main.command("setup")
 @config_option
-def setup(config_path: Path | None) -> None:
+@json_option
+def setup(config_path: Path | None, as_json: bool) -> None:
     """Create the database and vhost if missing, migrate, declare the broker topology,
-    and load the registry from the config."""
+    and load the registry from the config. Every prerequisite (PostgreSQL, the RabbitMQ
+    management API and AMQP port) is checked first, so a failure changes nothing."""
     settings = _settings(config_path)
 
-    async def go() -> None:
+    async def go() -> dict[str, Any]:
         from digipoort import db, provision, registry_store
         from digipoort.broker import Broker
 
-        if await provision.ensure_database(settings.database.url):
-            click.echo("database created")
-        await provision.Management(settings.broker.management_url).ensure_vhost(
-            provision.vhost_of(settings.broker.url)
-        )
+        step("checking PostgreSQL, RabbitMQ and its management API")
+        await check_setup_prerequisites(settings)
+        step("database")
+        created = await provision.ensure_database(settings.database.url)
+        vhost = provision.vhost_of(settings.broker.url)
+        step(f"RabbitMQ vhost {vhost}")
+        await provision.Management(settings.broker.management_url).ensure_vhost(vhost)
+        step("migrations")
         applied = await db.migrate_url(settings.database.url)
-        click.echo(f"migrations applied: {len(applied)}")
+        step("broker topology")
+        await prerequisites.check_broker(settings.broker.url)
         broker = Broker(settings.broker.url, delivery_limit=settings.broker.delivery_limit)
         await broker.connect()
         await broker.close()
+        step("registry")
         pool = await db.create_pool(settings.database.url, min_size=1, max_size=2)
         try:
             async with pool.acquire() as conn:
                 changes = await registry_store.load_config(conn, settings.registry, actor="setup")
         finally:
             await pool.close()
-        click.echo(f"registry: {len(changes)} changes")
+        return {
+            "database_created": created,
+            "vhost": vhost,
+            "migrations_applied": applied,
+            "registry_changes": changes,
+        }
 
-    _run(go)
+    result = _run(go)
+    emit(
+        result,
+        "\n".join(
+            [
+                *(["database created"] if result["database_created"] else []),
+                f"migrations applied: {len(result['migrations_applied'])}",
+                f"registry: {len(result['registry_changes'])} changes",
+            ]
+        ),
+    )
+
+
+async def check_setup_prerequisites(settings: Settings) -> None:
+    """Everything ``setup`` needs, checked before it changes anything."""
+    from digipoort.provision import admin_url
+
+    await prerequisites.check_database(admin_url(settings.database.url))
+    await prerequisites.check_management(settings.broker.management_url)
+    await prerequisites.check_reachable(
+        settings.broker.url, 5672, "RabbitMQ (AMQP)", "broker.url / DIGIPOORT_BROKER__URL"
+    )
 
 
 # -- db -----------------------------------------------------------------------------------
@@ -135,18 +194,20 @@ def db_group() -> None:
 
 @db_group.command("migrate")
 @config_option
-def db_migrate(config_path: Path | None) -> None:
+@json_option
+def db_migrate(config_path: Path | None, as_json: bool) -> None:
     """Apply pending migrations (ordered SQL files)."""
     settings = _settings(config_path)
 
     async def go() -> list[str]:
         from digipoort import db, provision
 
+        await prerequisites.check_database(provision.admin_url(settings.database.url))
         await provision.ensure_database(settings.database.url)
         return await db.migrate_url(settings.database.url)
 
     applied = _run(go)
-    click.echo("\n".join(applied) if applied else "database is up to date")
+    emit({"applied": applied}, "\n".join(applied) if applied else "database is up to date")
 
 
 # -- registry ----------------------------------------------------------------------------
@@ -158,13 +219,15 @@ def registry() -> None:
 @registry.command("load")
 @config_option
 @click.option("--actor", default="cli", show_default=True, help="Recorded in the audit.")
-def registry_load(config_path: Path | None, actor: str) -> None:
+@json_option
+def registry_load(config_path: Path | None, actor: str, as_json: bool) -> None:
     """Load the registry from the config into PostgreSQL (idempotent, audited)."""
     settings = _settings(config_path)
 
     async def go() -> list[str]:
         from digipoort import db, registry_store
 
+        await prerequisites.check_database(settings.database.url)
         pool = await db.create_pool(settings.database.url, min_size=1, max_size=2)
         try:
             async with pool.acquire() as conn:
@@ -174,7 +237,7 @@ def registry_load(config_path: Path | None, actor: str) -> None:
             await pool.close()
 
     changes = _run(go)
-    click.echo("\n".join(changes) if changes else "registry unchanged")
+    emit({"changes": changes}, "\n".join(changes) if changes else "registry unchanged")
 
 
 # -- serve --------------------------------------------------------------------------------
@@ -193,9 +256,29 @@ def registry_load(config_path: Path | None, actor: str) -> None:
     help="Worker processes sharing the listening ports (SO_REUSEPORT) and the queues.",
 )
 def serve(config_path: Path | None, components: str | None, processes: int) -> None:
-    """Run the gateway (all components in one process by default)."""
-    settings = _settings(config_path)
+    """Run the gateway (all components in one process by default).
+
+    PostgreSQL, RabbitMQ and the listening ports are checked first. The ports are bound
+    exclusively: a second `serve` on the same config refuses to start (only the worker
+    processes of one `serve --processes N` share them)."""
+    settings = _settings(config_path, serving=True)
     from digipoort.app import Gateway, all_components
+    from digipoort.supervisor import CHILD_ENV
+
+    names = (
+        tuple(c.strip() for c in components.split(",") if c.strip())
+        if components
+        else all_components()
+    )
+    unknown = sorted(set(names) - set(all_components()))
+    if unknown:
+        raise CliError(
+            f"unknown component {', '.join(unknown)} (known: {', '.join(all_components())})",
+            "usage",
+            2,
+        )
+    if os.environ.get(CHILD_ENV) is None:  # the supervisor checked for its children
+        _run(lambda: _check_serve_prerequisites(settings, names))
 
     if processes > 1:
         from digipoort.supervisor import supervise
@@ -207,24 +290,40 @@ def serve(config_path: Path | None, components: str | None, processes: int) -> N
             args += ["--components", components]
         sys.exit(supervise(args, processes))
 
-    names = (
-        tuple(c.strip() for c in components.split(",") if c.strip())
-        if components
-        else all_components()
-    )
-
     async def go() -> None:
         gateway = Gateway(settings, components=names)
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await gateway.start()
+        try:
+            await gateway.start()
+        except BaseException:
+            await gateway.stop()
+            raise
         click.echo(f"digipoort serving: {', '.join(names)}", err=True)
         await stop.wait()
         await gateway.stop()
 
     _run(go)
+
+
+#: The listening port of each component that has one (besides http.port).
+COMPONENT_PORTS = {"wus": "wus", "smtp": "smtp", "pop3": "pop3", "ftp": "ftp"}
+
+
+async def _check_serve_prerequisites(settings: Settings, names: tuple[str, ...]) -> None:
+    """The database exists and accepts us, the broker too, and our ports are free."""
+    ports = [("http", settings.http.host, settings.http.port)]
+    for name in names:
+        section = COMPONENT_PORTS.get(name)
+        if section is not None:
+            config = getattr(settings, section)
+            ports.append((section, config.host, config.port))
+    for section, host, port in ports:
+        prerequisites.check_port_free(host, port, f"{section}.port")
+    await prerequisites.check_database(settings.database.url)
+    await prerequisites.check_broker(settings.broker.url)
 
 
 # -- test clients (submit, status --via) ---------------------------------------------------
@@ -287,21 +386,12 @@ def _need_identity(cert: Path | None, key: Path | None) -> tuple[Path, Path]:
 def _url(config_path: Path | None, url: str | None, via: str = "wus") -> str:
     if url:
         return url
-    settings = load_settings(config_path)
+    settings = _settings(config_path)
     if via == "ftp":
         return f"ftps://{settings.ftp.public_host}:{settings.ftp.port}"
     if via == "smtp":
         return f"smtp://{settings.smtp.host}:{settings.smtp.port}/{settings.smtp.domain}"
     return settings.wus.public_url
-
-
-def _client_call(fn: Callable[[], T]) -> T:
-    try:
-        return fn()
-    except Exception as exc:
-        code = getattr(exc, "foutcode", None)
-        click.echo(f"{code + ': ' if code else ''}{exc}", err=True)
-        sys.exit(2)
 
 
 @main.command()
@@ -318,7 +408,7 @@ def _client_call(fn: Callable[[], T]) -> T:
     multiple=True,
     type=click.Path(path_type=Path, dir_okay=False, exists=True),
 )
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option
 @click.argument("file", type=click.Path(path_type=Path, dir_okay=False, exists=True))
 def submit(
     config_path: Path | None,
@@ -335,37 +425,98 @@ def submit(
     as_json: bool,
     file: Path,
 ) -> None:
-    """Submit FILE as a real client would (signed, mutual TLS); print the kenmerk."""
+    """Submit FILE as a real client would (signed, mutual TLS); print the kenmerk.
+
+    A refused certificate, a fault (e.g. ALS140) or an unreachable gateway is one line
+    on stderr and exit 1."""
     submitter = _submitter(via)
     cert, key = _need_identity(cert, key)
-    result = _client_call(
-        lambda: submitter.submit(
-            url=_url(config_path, url, via),
-            cert=cert,
-            key=key,
-            ca=ca or cert.parent / "ca.crt",
-            berichtsoort=berichtsoort,
-            file=file,
-            ontvanger=ontvanger,
-            bijlagen=bijlagen,
-            aanleverkenmerk=aanleverkenmerk,
-            mime_type=mime_type,
-        )
+    result = submitter.submit(
+        url=_url(config_path, url, via),
+        cert=cert,
+        key=key,
+        ca=ca or cert.parent / "ca.crt",
+        berichtsoort=berichtsoort,
+        file=file,
+        ontvanger=ontvanger,
+        bijlagen=bijlagen,
+        aanleverkenmerk=aanleverkenmerk,
+        mime_type=mime_type,
     )
-    click.echo(json.dumps(result, indent=2) if as_json else result["kenmerk"])
+    emit(result, str(result["kenmerk"]))
 
 
 # -- status -------------------------------------------------------------------------------
+STATUS_SOURCES = ["db", "wus", "ftp"]
+
+
+def status_entry(
+    *,
+    kenmerk: str,
+    code: str | None,
+    omschrijving: str | None,
+    tijdstempel: str | None,
+    ontvanger: str | None,
+    foutcode: str | None,
+    foutbeschrijving: str | None,
+    details: str | None,
+) -> dict[str, Any]:
+    """One status in the one schema of ``status --json``, whatever the source."""
+    return {
+        "kenmerk": kenmerk,
+        "code": code,
+        "omschrijving": omschrijving,
+        "tijdstempel": tijdstempel,
+        "ontvanger": ontvanger,
+        "foutcode": foutcode,
+        "foutbeschrijving": foutbeschrijving,
+        "details": details,
+    }
+
+
+def from_koppelvlak(entry: dict[str, Any]) -> dict[str, Any]:
+    """A StatusResultaat (WUS answer or FTP status file) in the ``status --json`` schema:
+    the recipient, which the koppelvlak carries as a first ``ontvanger: <OIN>`` line of
+    ``statusdetails``, becomes its own field."""
+    details: str | None = entry.get("details")
+    ontvanger = entry.get("ontvanger")
+    if details and details.startswith("ontvanger: "):
+        first, _, rest = details.partition("\n")
+        ontvanger = first.removeprefix("ontvanger: ").strip() or None
+        details = rest or None
+    return status_entry(
+        kenmerk=str(entry.get("kenmerk")),
+        code=entry.get("statuscode", entry.get("code")),
+        omschrijving=entry.get("omschrijving"),
+        tijdstempel=entry.get("tijdstempel"),
+        ontvanger=ontvanger,
+        foutcode=entry.get("foutcode"),
+        foutbeschrijving=entry.get("foutbeschrijving"),
+        details=details,
+    )
+
+
+def show_status(entries: list[dict[str, Any]]) -> None:
+    for e in entries:
+        who = f" [{e['ontvanger']}]" if e["ontvanger"] else ""
+        fout = f" {e['foutcode']}: {e['foutbeschrijving']}" if e["foutcode"] else ""
+        click.echo(f"{e['tijdstempel']}  {e['code']}  {e['omschrijving']}{who}{fout}")
+        for line in (e["details"] or "").splitlines():
+            click.echo(f"      {line}")
+
+
 @main.command()
 @config_option
 @click.argument("kenmerk", type=click.UUID)
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option
 @click.option(
     "--via",
-    type=click.Choice(["db", *SUBMITTERS]),
+    type=click.Choice(STATUS_SOURCES),
     default="db",
     show_default=True,
-    help="db: read the history directly; wus: ask the statusinformatieservice as a client.",
+    help="db: read the history directly; wus: ask the statusinformatieservice as a "
+    "client; ftp: read the status file in /out/ as a client. (SMTP senders get their "
+    "statuses as return mails over POP3.)",
 )
 @client_options
 def status(
@@ -378,72 +529,52 @@ def status(
     ca: Path | None,
     url: str | None,
 ) -> None:
-    """Show an envelope's status history."""
+    """Show an envelope's status history (the same fields whatever --via)."""
     if via != "db":
         submitter = _submitter(via)
         cert, key = _need_identity(cert, key)
-        entries_wus = _client_call(
-            lambda: submitter.status(
-                url=_url(config_path, url, via),
-                cert=cert,
-                key=key,
-                ca=ca or cert.parent / "ca.crt",
-                kenmerk=str(kenmerk),
-            )
+        found = submitter.status(
+            url=_url(config_path, url, via),
+            cert=cert,
+            key=key,
+            ca=ca or cert.parent / "ca.crt",
+            kenmerk=str(kenmerk),
         )
-        if as_json:
-            click.echo(json.dumps(entries_wus, indent=2))
-            return
-        for e in entries_wus:
-            fout = f" {e['foutcode']}: {e['foutbeschrijving']}" if e.get("foutcode") else ""
-            click.echo(f"{e['tijdstempel']}  {e['statuscode']}  {e['omschrijving']}{fout}")
-        return
+        entries = [from_koppelvlak(e) for e in found]
+    else:
+        entries = _status_from_db(config_path, kenmerk)
+    if not entries:
+        raise CliError(f"unknown kenmerk {kenmerk}", "unknown-kenmerk")
+    emit(entries, lambda: show_status(entries))
+
+
+def _status_from_db(config_path: Path | None, kenmerk: UUID) -> list[dict[str, Any]]:
     settings = _settings(config_path)
 
     async def go() -> list[Any]:
-        import asyncpg
-
+        from digipoort import db
         from digipoort.statusstore import history
 
-        conn = await asyncpg.connect(settings.database.url)
+        await prerequisites.check_database(settings.database.url)
+        conn = await db.connect(settings.database.url)
         try:
             return await history(conn, kenmerk)
         finally:
             await conn.close()
 
-    entries = _run(go)
-    if not entries:
-        click.echo(f"unknown kenmerk {kenmerk}", err=True)
-        sys.exit(1)
-    if as_json:
-        click.echo(
-            json.dumps(
-                [
-                    {
-                        "code": s.code,
-                        "omschrijving": s.omschrijving,
-                        "tijdstempel": s.tijdstempel.isoformat(),
-                        "ontvanger": s.recipient_oin,
-                        "foutcode": s.foutcode,
-                        "foutbeschrijving": s.foutbeschrijving,
-                        "details": s.details,
-                    }
-                    for s in entries
-                ],
-                indent=2,
-            )
+    return [
+        status_entry(
+            kenmerk=str(kenmerk),
+            code=s.code,
+            omschrijving=s.omschrijving,
+            tijdstempel=s.tijdstempel.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            ontvanger=s.recipient_oin,
+            foutcode=s.foutcode,
+            foutbeschrijving=s.foutbeschrijving,
+            details=s.details,
         )
-        return
-    for s in entries:
-        who = f" [{s.recipient_oin}]" if s.recipient_oin else ""
-        fout = f" {s.foutcode}: {s.foutbeschrijving}" if s.foutcode else ""
-        click.echo(
-            f"{s.tijdstempel.isoformat(timespec='milliseconds')}  {s.code}  "
-            f"{s.omschrijving}{who}{fout}"
-        )
-        if s.details:
-            for line in s.details.splitlines():
-                click.echo(f"      {line}")
+        for s in _run(go)
+    ]
 
 
 def _load_plugin_commands() -> None:

@@ -19,6 +19,11 @@ def _database_name(url: str) -> tuple[str, str]:
     return name, admin
 
 
+def admin_url(url: str) -> str:
+    """The URL of the server's ``postgres`` database (to create the database of ``url``)."""
+    return _database_name(url)[1]
+
+
 def _quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 

@@ -1,12 +1,17 @@
 """``serve --processes N``: N gateway processes on one machine, one supervisor.
 
 Each child is a complete ``digipoort serve`` with the same components; listening sockets
-are opened with SO_REUSEPORT, so the kernel spreads connections over the children, and
-RabbitMQ spreads work messages over their consumers. Metrics use prometheus-client's
-multi-process mode (a shared directory), so a scrape of any child reports all of them.
-SIGTERM/SIGINT to the supervisor is forwarded to every child, each drains its in-flight
-work, and the supervisor exits 0 when all did. A child that dies unexpectedly is
-restarted (at most once a second).
+are opened with SO_REUSEPORT (only in the children: :func:`digipoort.app.shares_ports`
+sees ``DIGIPOORT_WORKER_INDEX``), so the kernel spreads connections over the children, and
+RabbitMQ spreads work messages over their consumers. Outside a supervisor every port is
+bound exclusively, and before it starts the children the supervisor checks (binding
+without SO_REUSEPORT) that the ports are free — so a second ``serve``, with or without
+``--processes``, refuses to start instead of silently sharing the ports.
+
+Metrics use prometheus-client's multi-process mode (a shared directory), so a scrape of
+any child reports all of them. SIGTERM/SIGINT to the supervisor is forwarded to every
+child, each drains its in-flight work, and the supervisor exits 0 when all did. A child
+that dies unexpectedly is restarted (at most once a second).
 """
 
 from __future__ import annotations

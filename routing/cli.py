@@ -10,15 +10,30 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import asyncpg
 import click
 
-from digipoort import db
+from digipoort import db, prerequisites
 from digipoort import logging as dlogging
-from digipoort.clikit import config_option, run_async, settings_from
+from digipoort.clikit import (
+    REFUSED,
+    CliError,
+    config_option,
+    emit,
+    emit_event,
+    json_enabled,
+    json_option,
+    note,
+    run_async,
+    settings_from,
+    transfer_progress,
+)
 from digipoort.config import Settings
+
+if TYPE_CHECKING:
+    from routing.deadletters import DeadLetter
 
 T = TypeVar("T")
 
@@ -27,6 +42,7 @@ _run = run_async
 
 
 async def _with_pool(settings: Settings, fn: Callable[[asyncpg.Pool], Awaitable[T]]) -> T:
+    await prerequisites.check_database(settings.database.url)
     pool = await db.create_pool(settings.database.url, min_size=1, max_size=2)
     try:
         return await fn(pool)
@@ -50,7 +66,10 @@ def recipients() -> None:
     help="Directory for the credential files (default: recipients/ next to the config).",
 )
 @click.option("--rotate", is_flag=True, help="Generate new passwords for every recipient.")
-def recipients_provision(config_path: Path | None, out_dir: Path | None, rotate: bool) -> None:
+@json_option
+def recipients_provision(
+    config_path: Path | None, out_dir: Path | None, rotate: bool, as_json: bool
+) -> None:
     """Create (idempotently) a user per recipient OIN that may only consume its own queue
     and publish its own status reports; write its AMQP URL to <out>/<OIN>.txt (0600)."""
     settings = _settings(config_path)
@@ -61,6 +80,9 @@ def recipients_provision(config_path: Path | None, out_dir: Path | None, rotate:
         from digipoort.provision import Management
         from routing.provision import provision_recipients, recipient_oins
 
+        await prerequisites.check_database(settings.database.url)
+        await prerequisites.check_broker(settings.broker.url)
+        await prerequisites.check_management(settings.broker.management_url)
         oins = sorted({*recipient_oins(settings.registry), *await _registry_recipients()})
         broker = Broker(settings.broker.url, delivery_limit=settings.broker.delivery_limit)
         await broker.connect()  # topology, including every recipient's queue
@@ -89,8 +111,11 @@ def recipients_provision(config_path: Path | None, out_dir: Path | None, rotate:
         finally:
             await conn.close()
 
-    for oin, action, path in _run(go):
-        click.echo(f"{oin}  {action:8}  {path}")
+    done = _run(go)
+    emit(
+        [{"oin": oin, "action": action, "path": path} for oin, action, path in done],
+        "\n".join(f"{oin}  {action:8}  {path}" for oin, action, path in done),
+    )
 
 
 # -- subscribe ----------------------------------------------------------------------------
@@ -124,6 +149,7 @@ def recipients_provision(config_path: Path | None, out_dir: Path | None, rotate:
     default=None,
     help="CA certificate that signed the gateway's server certificate.",
 )
+@json_option
 def subscribe(
     oin: str,
     amqp_url: str,
@@ -132,17 +158,21 @@ def subscribe(
     cert: Path | None,
     key: Path | None,
     ca: Path | None,
+    as_json: bool,
 ) -> None:
     """Receive as a recipient: write each delivered document to a directory, atomically,
     acking only after the write and skipping duplicate kenmerken. Documents delivered by
-    reference are fetched (resumable, checksum verified) with --cert/--key/--ca."""
+    reference are fetched (resumable, checksum verified) with --cert/--key/--ca.
+
+    One line per message on stdout (with --json one JSON object per line)."""
+    from aiormq.exceptions import ChannelAccessRefused
     from rich.console import Console
 
     from routing.subscriber import Stored
     from routing.subscriber import subscribe as run_subscriber
 
     dlogging.configure("warning")
-    tty = sys.stdout.isatty()
+    tty = sys.stdout.isatty() and not json_enabled()
     console = Console()
     seen = 0
 
@@ -161,7 +191,18 @@ def subscribe(
         total = f"/{count}" if count else ""
         files = " ".join(result.files)
         line = f"{seen}{total} {what} {result.kenmerk} {result.berichtsoort} {files}"
-        if tty:
+        if json_enabled():
+            emit_event(
+                {
+                    "n": seen,
+                    "result": what,
+                    "kenmerk": result.kenmerk,
+                    "berichtsoort": result.berichtsoort,
+                    "files": list(result.files),
+                },
+                line,
+            )
+        elif tty:
             style = {
                 "stored": "green",
                 "duplicate": "yellow",
@@ -180,18 +221,54 @@ def subscribe(
                 loop.add_signal_handler(sig, stop.set)
             except (NotImplementedError, RuntimeError, ValueError):
                 pass  # not the main thread (e.g. called from a test runner)
+        await prerequisites.check_broker(
+            amqp_url, setting="--amqp-url", env="$DIGIPOORT_SUBSCRIBER_AMQP_URL"
+        )
         fetcher = None
         if cert and key and ca:
             from digipoort.pki.tls import client_ssl_context
             from routing.fetcher import ReferenceFetcher
 
             fetcher = ReferenceFetcher(client_ssl_context(cert, key, ca))
-        return await run_subscriber(
-            amqp_url, oin, out_dir, count=count, stop=stop, on_stored=show, fetcher=fetcher
-        )
+            fetcher.on_progress = download_progress()
+        try:
+            return await run_subscriber(
+                amqp_url, oin, out_dir, count=count, stop=stop, on_stored=show, fetcher=fetcher
+            )
+        except ChannelAccessRefused as exc:
+            raise CliError(
+                f"RabbitMQ refused access to the queue of {oin} (ACCESS_REFUSED): this "
+                "--amqp-url belongs to another recipient (use recipients/<OIN>.txt of "
+                "`digipoort recipients provision`)",
+                "broker-access",
+            ) from exc
 
     handled = _run(go)
-    click.echo(f"{handled} messages handled", err=True)
+    note(f"{handled} messages handled")
+
+
+def download_progress() -> Callable[[str, int, int], None] | None:
+    """A progress bar on stderr for Grote Berichten downloads (on a terminal only):
+    called with (name, bytes so far, total)."""
+    if not sys.stderr.isatty():
+        return None
+    from rich.progress import TaskID
+
+    bar = transfer_progress()
+    tasks: dict[str, TaskID] = {}
+
+    def advance(name: str, have: int, total: int) -> None:
+        if name not in tasks:
+            if not tasks:
+                bar.start()
+            tasks[name] = bar.add_task(name, total=total)
+        bar.update(tasks[name], completed=have)
+        if have >= total:
+            bar.remove_task(tasks.pop(name))
+            if not tasks:
+                bar.stop()
+
+    return advance
 
 
 # -- dead ---------------------------------------------------------------------------------
@@ -202,43 +279,56 @@ def dead() -> None:
 
 @dead.command("list")
 @config_option
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def dead_list(config_path: Path | None, as_json: bool) -> None:
     """Every dead letter: kenmerk, stage, reason, count (they stay in the queue)."""
     settings = _settings(config_path)
+    letters = _run(lambda: _dead_letters(settings))
+    emit(
+        [d.as_dict() for d in letters],
+        "\n".join(
+            f"{d.kenmerk or '-':36}  {d.stage:13}  {d.count:3}  {d.reason[:120]}" for d in letters
+        ),
+    )
+    note(f"{len(letters)} dead letters")
+
+
+async def _dead_letters(settings: Settings) -> list[DeadLetter]:
     from routing.deadletters import list_dead
 
-    letters = _run(lambda: list_dead(settings.broker.url))
-    if as_json:
-        click.echo(json.dumps([d.as_dict() for d in letters], indent=2))
-        return
-    for d in letters:
-        click.echo(f"{d.kenmerk or '-':36}  {d.stage:13}  {d.count:3}  {d.reason[:120]}")
-    click.echo(f"{len(letters)} dead letters", err=True)
+    await prerequisites.check_broker(settings.broker.url)
+    return await list_dead(settings.broker.url)
 
 
 @dead.command("show")
 @config_option
 @click.argument("kenmerk")
-def dead_show(config_path: Path | None, kenmerk: str) -> None:
-    """One dead letter, with its body."""
+@json_option
+def dead_show(config_path: Path | None, kenmerk: str, as_json: bool) -> None:
+    """One dead letter, with its body (the first 4000 characters)."""
     settings = _settings(config_path)
-    from routing.deadletters import list_dead
-
-    letters = [d for d in _run(lambda: list_dead(settings.broker.url)) if d.kenmerk == kenmerk]
+    letters = [d for d in _run(lambda: _dead_letters(settings)) if d.kenmerk == kenmerk]
     if not letters:
-        click.echo(f"no dead letter for {kenmerk}", err=True)
-        sys.exit(1)
-    for d in letters:
-        click.echo(json.dumps(d.as_dict(), indent=2))
-        click.echo(d.body.decode("utf-8", "replace")[:4000])
+        raise CliError(f"no dead letter for {kenmerk}", "not-found")
+    shown = [{**d.as_dict(), "body": d.body.decode("utf-8", "replace")[:4000]} for d in letters]
+
+    def human() -> None:
+        for d in shown:
+            body = d.pop("body")
+            click.echo(json.dumps(d, indent=2))
+            click.echo(body)
+
+    emit(shown, human)
 
 
 @dead.command("retry")
 @config_option
 @click.argument("kenmerken", nargs=-1, required=True)
 @click.option("--actor", default="cli", show_default=True, help="Recorded in the audit.")
-def dead_retry(config_path: Path | None, kenmerken: tuple[str, ...], actor: str) -> None:
+@json_option
+def dead_retry(
+    config_path: Path | None, kenmerken: tuple[str, ...], actor: str, as_json: bool
+) -> None:
     """Re-publish to the stage's work queue, then remove from the dead-letter queue."""
     settings = _settings(config_path)
     from routing.deadletters import retry
@@ -248,12 +338,29 @@ def dead_retry(config_path: Path | None, kenmerken: tuple[str, ...], actor: str)
             settings, lambda pool: retry(settings.broker.url, pool, set(kenmerken), actor=actor)
         )
     )
-    for d in done:
-        click.echo(f"retried {d.kenmerk} → {d.stage}")
-    missing = set(kenmerken) - {d.kenmerk for d in done}
+    _report_dead(
+        "retried",
+        kenmerken,
+        [(d.kenmerk, d.stage, f"retried {d.kenmerk} → {d.stage}") for d in done],
+        "not retried (absent or not retryable)",
+    )
+
+
+def _report_dead(
+    action: str, asked: tuple[str, ...], done: list[tuple[str | None, str, str]], why: str
+) -> None:
+    """The outcome of retry/discard (``done``: kenmerk, stage, line); exit 1 if some
+    kenmerken ``asked`` for were not handled."""
+    missing = sorted(set(asked) - {kenmerk for kenmerk, _, _ in done})
+    emit(
+        {action: [{"kenmerk": k, "stage": st} for k, st, _ in done], "missing": missing},
+        "\n".join(line for _, _, line in done),
+    )
     if missing:
-        click.echo(f"not retried (absent or not retryable): {', '.join(sorted(missing))}", err=True)
-        sys.exit(1)
+        error = CliError(f"{why}: {', '.join(missing)}", "not-found")
+        if json_enabled():
+            sys.exit(error.status)
+        raise error
 
 
 @dead.command("discard")
@@ -261,8 +368,9 @@ def dead_retry(config_path: Path | None, kenmerken: tuple[str, ...], actor: str)
 @click.argument("kenmerken", nargs=-1, required=True)
 @click.option("--reason", required=True, help="Why (recorded in the status and the audit).")
 @click.option("--actor", default="cli", show_default=True, help="Recorded in the audit.")
+@json_option
 def dead_discard(
-    config_path: Path | None, kenmerken: tuple[str, ...], reason: str, actor: str
+    config_path: Path | None, kenmerken: tuple[str, ...], reason: str, actor: str, as_json: bool
 ) -> None:
     """Record the final status and remove from the dead-letter queue."""
     settings = _settings(config_path)
@@ -276,12 +384,12 @@ def dead_discard(
             ),
         )
     )
-    for d in done:
-        click.echo(f"discarded {d.kenmerk} ({d.stage})")
-    missing = set(kenmerken) - {d.kenmerk for d in done}
-    if missing:
-        click.echo(f"not found: {', '.join(sorted(missing))}", err=True)
-        sys.exit(1)
+    _report_dead(
+        "discarded",
+        kenmerken,
+        [(d.kenmerk, d.stage, f"discarded {d.kenmerk} ({d.stage})") for d in done],
+        "not found",
+    )
 
 
 # -- flows --------------------------------------------------------------------------------
@@ -321,9 +429,8 @@ def _change(
     try:
         result = _run(lambda: _with_pool(settings, go))
     except flowmod.FlowChangeRefused as exc:
-        click.echo(f"refused: {exc}", err=True)
-        sys.exit(2)
-    click.echo(f"{flow}: copies = {', '.join(result) or '(none)'}")
+        raise CliError(f"refused: {exc}", exc.reason, REFUSED) from exc
+    emit({"flow": flow, "copies": result}, f"{flow}: copies = {', '.join(result) or '(none)'}")
 
 
 _cert = click.option(
@@ -346,7 +453,10 @@ _key = click.option(
 @_key
 @click.argument("flow")
 @click.argument("oin")
-def copies_add(config_path: Path | None, cert: Path, key: Path, flow: str, oin: str) -> None:
+@json_option
+def copies_add(
+    config_path: Path | None, cert: Path, key: Path, flow: str, oin: str, as_json: bool
+) -> None:
     """Add OIN as a copy recipient of FLOW (as its owner)."""
     _change(config_path, flow, oin, cert, key, add=True)
 
@@ -357,7 +467,10 @@ def copies_add(config_path: Path | None, cert: Path, key: Path, flow: str, oin: 
 @_key
 @click.argument("flow")
 @click.argument("oin")
-def copies_remove(config_path: Path | None, cert: Path, key: Path, flow: str, oin: str) -> None:
+@json_option
+def copies_remove(
+    config_path: Path | None, cert: Path, key: Path, flow: str, oin: str, as_json: bool
+) -> None:
     """Remove OIN from the copy recipients of FLOW (as its owner)."""
     _change(config_path, flow, oin, cert, key, add=False)
 
@@ -365,7 +478,8 @@ def copies_remove(config_path: Path | None, cert: Path, key: Path, flow: str, oi
 @copies.command("list")
 @config_option
 @click.argument("flow")
-def copies_list(config_path: Path | None, flow: str) -> None:
+@json_option
+def copies_list(config_path: Path | None, flow: str, as_json: bool) -> None:
     """The copy recipients of FLOW and whether the owner or the config set them."""
     settings = _settings(config_path)
     from routing.flows import current_copies
@@ -376,9 +490,7 @@ def copies_list(config_path: Path | None, flow: str) -> None:
 
     found = _run(lambda: _with_pool(settings, go))
     if found is None:
-        click.echo(f"unknown flow {flow}", err=True)
-        sys.exit(1)
+        raise CliError(f"unknown flow {flow}", "not-found")
     oins, source = found
-    for oin in oins:
-        click.echo(oin)
-    click.echo(f"({len(oins)} copy recipients, set by {source})", err=True)
+    emit({"flow": flow, "copies": oins, "set_by": source}, "\n".join(oins))
+    note(f"({len(oins)} copy recipients, set by {source})")

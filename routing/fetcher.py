@@ -17,6 +17,7 @@ import asyncio
 import hashlib
 import os
 import ssl
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -60,6 +61,8 @@ class ReferenceFetcher:
     ) -> None:
         self._ssl = ssl_context
         self._peer_check = peer_check
+        #: Called with (file name, bytes so far, size) while downloading (a progress bar).
+        self.on_progress: Callable[[str, int, int], None] | None = None
         self._attempts = attempts
         self._timeout = aiohttp.ClientTimeout(total=None, sock_read=timeout, connect=30)
         self.retry_delay = retry_delay
@@ -111,6 +114,9 @@ class ReferenceFetcher:
                     view = memoryview(chunk)
                     while view:
                         view = view[os.write(fd, view) :]
+                    have += len(chunk)
+                    if self.on_progress is not None:
+                        self.on_progress(ref.filename, have, ref.size)
                 os.fsync(fd)
             finally:
                 os.close(fd)

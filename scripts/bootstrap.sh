@@ -59,28 +59,42 @@ ensure_venv() {
   fi
   local stamp=.venv/.installed
   if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-    say "installing the project"
-    .venv/bin/pip install -q --upgrade pip >/dev/null
-    .venv/bin/pip install -q -e '.[dev]'
+    say "installing the project into .venv (log: .venv/pip.log)"
+    # quiet: pip's warnings (e.g. about unreachable index locations) go to the log only;
+    # on failure the end of the log is shown
+    if ! { .venv/bin/pip install -qq --disable-pip-version-check --upgrade pip &&
+           .venv/bin/pip install -qq --disable-pip-version-check -e '.[dev]'; } \
+           >.venv/pip.log 2>&1; then
+      tail -n 30 .venv/pip.log >&2
+      echo "pip install failed; the whole log is in .venv/pip.log" >&2
+      exit 1
+    fi
     touch "$stamp"
+  else
+    say "virtualenv .venv is up to date"
   fi
 }
 
+say "[1/4] PostgreSQL on 127.0.0.1:5432"
 ensure_postgres
+say "[2/4] RabbitMQ on 127.0.0.1:5672 (management API on 15672)"
 ensure_rabbitmq
+say "[3/4] virtualenv"
 ensure_venv
 
 case "$mode" in
   serve)
-    [ -f "$DEV_DIR/digipoort.toml" ] || .venv/bin/digipoort dev init --dir "$DEV_DIR"
+    say "[4/4] development environment in $DEV_DIR, database, vhost, registry"
+    [ -f "$DEV_DIR/digipoort.toml" ] || .venv/bin/digipoort dev init --dir "$DEV_DIR" >/dev/null
     # validation artefacts (UBL 2.1, EN 16931, SI-UBL 2.0) from $DIGIPOORT_STANDARDS or
     # ../shared/standards when present; otherwise it says how to install them
     .venv/bin/digipoort standards dev --config "$DEV_DIR/digipoort.toml"
     .venv/bin/digipoort setup --config "$DEV_DIR/digipoort.toml"
-    say "serving (Ctrl-C stops)"
+    say "serving (Ctrl-C stops); config: $DEV_DIR/digipoort.toml"
     exec .venv/bin/digipoort serve --config "$DEV_DIR/digipoort.toml"
     ;;
   test)
+    say "[4/4] lint, types and tests"
     # independent peers and checkers used by the tests: xmlsec1 (XML-DSig), curl and lftp
     # (FTPS), swaks (SMTP), mpop (POP3), openssl (s_client), promtool (alert rules, Debian
     # package prometheus), docker-compose (compose file), chromium + npm (portal browser tests)

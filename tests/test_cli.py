@@ -17,6 +17,7 @@ from digipoort import db, provision, registry_store
 from digipoort.cli import main
 from digipoort.config import load_settings
 from digipoort.pki.trust import CertificateVerifier
+from tests.cli_support import http_ready
 from tests.support import ALFA, AMQP, MGMT, PG_ADMIN, Env, free_port, wait_for
 
 SAMPLE_OINS = [
@@ -138,18 +139,7 @@ async def test_dev_init_output_serves_unchanged_and_sigterm_exits_0(tmp_path: Pa
             stderr=subprocess.PIPE,
         )
         try:
-
-            async def ready() -> bool:
-                try:
-                    async with (
-                        aiohttp.ClientSession() as s,
-                        s.get(f"http://127.0.0.1:{http_port}/readyz") as r,
-                    ):
-                        return r.status == 200
-                except aiohttp.ClientError:
-                    return False
-
-            await wait_for(ready, timeout=30, what="/readyz")
+            await wait_for(lambda: http_ready(http_port), timeout=30, what="/readyz")
             async with aiohttp.ClientSession() as s:
                 async with s.get(f"http://127.0.0.1:{http_port}/metrics") as r:
                     assert "digipoort_ready 1.0" in await r.text()

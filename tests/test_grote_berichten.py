@@ -210,6 +210,8 @@ async def test_retention_removes_payloads_only_when_nothing_needs_them(
         client.get(f"{server.url}/grote-berichten/{kenmerk}/0") as r,
     ):
         assert await r.read() == large
+    # the fetch is recorded (402) after the last byte went out: wait for it, not for luck
+    await env.wait_status(kenmerk, "402", recipient=BELASTINGDIENST)
     assert await sweep_once(gw.pool, gw.store, retention_seconds=3600, grace_seconds=0) == 0
     assert await gw.store.size(sha) is not None, "within the retention period: kept"
     assert await sweep_once(gw.pool, gw.store, retention_seconds=0, grace_seconds=3600) == 0

@@ -868,7 +868,7 @@ async def test_cli_submit_and_status_via_wus(wus: Wus) -> None:
         runner.invoke, cli_main, ["status", kenmerk, "--via", "wus", *common, "--json"]
     )
     assert result.exit_code == 0, result.output
-    assert [s["statuscode"] for s in json.loads(result.output)] == HAPPY
+    assert [s["code"] for s in json.loads(result.stdout)] == HAPPY
     result = await asyncio.to_thread(
         runner.invoke,
         cli_main,

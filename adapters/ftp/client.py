@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from adapters.ftp.paths import SNIFF_BYTES, mime_type_for
+from digipoort.clienterrors import CertificateRefused, ClientError, diagnose
 from digipoort.pki import certificate_file_oin, client_ssl_context
 
 __all__ = ["CLI", "FtpUploadError", "FtpsClient"]
@@ -21,8 +22,18 @@ BLOCK = 1024 * 1024
 _KENMERK = re.compile(r"kenmerk ([0-9a-f-]{36})")
 
 
-class FtpUploadError(Exception):
-    pass
+class FtpUploadError(ClientError):
+    """The gateway refused (``foutcode`` = the FTP reply code) or the transfer failed."""
+
+    def __init__(self, message: str, foutcode: str | None = None) -> None:
+        super().__init__(message)
+        self.foutcode = foutcode
+
+
+def _refusal(exc: ftplib.Error) -> FtpUploadError:
+    text = str(exc).strip()
+    code = text[:3] if text[:3].isdigit() else None
+    return FtpUploadError(text, code)
 
 
 class _ReusingFTP_TLS(ftplib.FTP_TLS):
@@ -44,17 +55,39 @@ class FtpsClient:
     def __init__(self, host: str, port: int, cert: Path, key: Path, ca: Path,
                  *, timeout: float = 60.0) -> None:  # fmt: skip
         self.host, self.port = host, port
+        self.cert, self.ca = cert, ca
         self.context = client_ssl_context(cert, key, ca)
         self.oin = oin_of(cert)
         self.timeout = timeout
         self.ftp: ftplib.FTP_TLS | None = None
 
     def connect(self) -> ftplib.FTP_TLS:
+        """Connect, AUTH TLS, log in by certificate, PROT P. A refused certificate is a
+        :class:`~digipoort.clienterrors.CertificateRefused` saying why (as far as known)."""
         ftp = _ReusingFTP_TLS(context=self.context, timeout=self.timeout)
-        ftp.connect(self.host, self.port)
-        ftp.auth()
-        ftp.login(self.oin, "")
-        ftp.prot_p()
+        try:
+            ftp.connect(self.host, self.port)
+        except OSError as exc:
+            raise FtpUploadError(
+                f"cannot reach the gateway at {self.host}:{self.port}: {exc.strerror or exc}"
+            ) from exc
+        try:
+            ftp.auth()
+            ftp.login(self.oin, "")
+            ftp.prot_p()
+        except (OSError, EOFError, ftplib.Error) as exc:
+            ftp.close()
+            refused = diagnose(exc, self.cert, self.ca)
+            if refused is not None:
+                raise refused from exc
+            if isinstance(exc, ftplib.error_perm):
+                text = str(exc).strip()
+                if text.startswith("530") and "certificate" in text.lower():
+                    raise CertificateRefused(
+                        f"the gateway refused the certificate {self.cert.name}: {text}"
+                    ) from exc
+                raise _refusal(exc) from exc
+            raise
         self.ftp = ftp
         return ftp
 
@@ -108,7 +141,7 @@ class FtpsClient:
                     raise FtpUploadError(f"no kenmerk in reply: {resp}")
                 return m.group(1)
             except ftplib.error_perm as exc:
-                raise FtpUploadError(str(exc)) from None
+                raise _refusal(exc) from None
             except (OSError, EOFError, ftplib.error_temp, ftplib.error_reply) as exc:
                 attempt += 1
                 self.close()
@@ -156,30 +189,14 @@ class _Cli:
         mime_type: str = "",
         **_: Any,
     ) -> dict[str, Any]:
-        from rich.progress import (
-            BarColumn,
-            DownloadColumn,
-            Progress,
-            TransferSpeedColumn,
-        )
+        from digipoort.clikit import progress_bar
 
         if ontvanger or bijlagen:
             raise FtpUploadError("FTP carries one file per envelope (no --ontvanger/--bijlage)")
         host, port = _host_port(url)
         client = FtpsClient(host, port, cert, key, ca)
         size = file.stat().st_size
-        with Progress(
-            "[progress.description]{task.description}",
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            transient=True,
-        ) as bar:
-            task = bar.add_task(file.name, total=size)
-
-            def advance(n: int) -> None:
-                bar.update(task, advance=n)
-
+        with progress_bar(file.name, size) as advance:
             try:
                 kenmerk = client.upload(
                     berichtsoort,
@@ -192,19 +209,55 @@ class _Cli:
                 client.close()
         return {"kenmerk": kenmerk, "berichtsoort": berichtsoort, "bytes": size}
 
-    def status(self, *, url: str, cert: Path, key: Path, ca: Path, kenmerk: str) -> str:
+    def status(
+        self, *, url: str, cert: Path, key: Path, ca: Path, kenmerk: str
+    ) -> list[dict[str, Any]]:
+        """The history from ``/out/<aanleverkenmerk>.<kenmerk>.status.xml``, as the
+        StatusResultaat fields (the same as the WUS client returns)."""
         host, port = _host_port(url)
         client = FtpsClient(host, port, cert, key, ca)
         ftp = client.connect()
         try:
-            names = [n for n in ftp.nlst("/out") if kenmerk in n and n.endswith(".status.xml")]
-            if not names:
-                raise FtpUploadError(f"no status file for {kenmerk}")
+            suffix = f".{kenmerk}.status.xml"
+            names = [n.rsplit("/", 1)[-1] for n in ftp.nlst("/out")]
+            found = [n for n in names if n.endswith(suffix)]
+            if not found:
+                raise FtpUploadError(f"no status file for {kenmerk} in /out/ (unknown kenmerk?)")
             chunks: list[bytes] = []
-            ftp.retrbinary(f"RETR /out/{names[0]}", chunks.append)
-            return b"".join(chunks).decode()
+            size = 0
+
+            def keep(chunk: bytes) -> None:
+                nonlocal size
+                size += len(chunk)
+                if size > MAX_STATUS_FILE:
+                    raise FtpUploadError(f"status file larger than {MAX_STATUS_FILE} bytes")
+                chunks.append(chunk)
+
+            ftp.retrbinary(f"RETR /out/{found[0]}", keep)
+        except ftplib.error_perm as exc:
+            raise _refusal(exc) from None
         finally:
             client.close()
+        return parse_status_file(b"".join(chunks))
+
+
+#: A status file is a few KiB; more is not a status file.
+MAX_STATUS_FILE = 4 * 1024 * 1024
+
+
+def parse_status_file(data: bytes) -> list[dict[str, Any]]:
+    """An ``ArrayOfStatusResultaat`` document as StatusResultaat dicts (hardened parser:
+    no entities, no network)."""
+    from lxml import etree
+
+    from adapters.wus.client import status_dicts
+
+    parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
+    try:
+        root = etree.fromstring(data, parser)
+    except etree.XMLSyntaxError as exc:
+        raise FtpUploadError(f"the status file is not XML: {exc}") from None
+    return status_dicts(root)
 
 
 CLI = _Cli()

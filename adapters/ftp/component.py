@@ -20,7 +20,7 @@ from adapters.ftp.commands import MAX_LINE, reply
 from adapters.ftp.partials import PartialArea
 from adapters.ftp.passive import PassivePorts
 from adapters.ftp.session import FtpShared, Session
-from digipoort.app import Gateway
+from digipoort.app import LISTEN_BACKLOG, Gateway
 from digipoort.pki.wiring import participant_verifier, revocation_service, server_context
 
 log = structlog.get_logger(__name__)
@@ -90,7 +90,7 @@ async def start(gateway: Gateway) -> Callable[[], Awaitable[None]]:
             sessions.discard(task)
 
     server = await asyncio.start_server(
-        handle, cfg.host, cfg.port, limit=MAX_LINE + 2, reuse_address=True
+        handle, cfg.host, cfg.port, limit=MAX_LINE + 2, reuse_address=True, backlog=LISTEN_BACKLOG
     )
     log.info("ftp.listening", host=cfg.host, port=cfg.port,
              passive=f"{cfg.passive_port_min}-{cfg.passive_port_max}")  # fmt: skip

@@ -2,7 +2,9 @@
 
 * ``<aanleverkenmerk>.<kenmerk>.status.xml`` for every envelope the participant submitted
   over FTP: the status history as an ``ArrayOfStatusResultaat`` (koppelvlak XSD), in
-  causal order (statuses.id), so it reflects each status as soon as it is committed.
+  causal order (statuses.id), so it reflects each status as soon as it is committed; a
+  recipient's status names it in a first ``ontvanger: <OIN>`` line of ``statusdetails``
+  (as over WUS).
 * ``<kenmerk>.afleverRequest.xml`` for every delivery addressed to the participant
   (``deliveries.recipient_oin``): the same afleverRequest document a queue subscriber
   receives (large documents as Grote Berichten references).
@@ -59,8 +61,12 @@ def render_statuses(belanghebbende: tuple[str, str], statuses: Sequence[Status])
             fout = etree.SubElement(item, _Q + "statusFoutcode")
             etree.SubElement(fout, _Q + "foutcode").text = s.foutcode
             etree.SubElement(fout, _Q + "foutbeschrijving").text = s.foutbeschrijving or ""
-        if s.details:
-            etree.SubElement(item, _Q + "statusdetails").text = s.details
+        # the recipient as over WUS: a first "ontvanger: <OIN>" line of statusdetails
+        details = "\n".join(
+            [*([f"ontvanger: {s.recipient_oin}"] if s.recipient_oin else []), s.details or ""]
+        ).strip()
+        if details:
+            etree.SubElement(item, _Q + "statusdetails").text = details
     return etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True)
 
 

@@ -3,7 +3,6 @@ the ``digipoort.commands`` entry point group)."""
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from pathlib import Path
 
@@ -12,9 +11,8 @@ import click
 from adapters.smtp import store
 from adapters.smtp.passwords import hash_password
 from adapters.smtp.returns import DEFAULT_CODES
-from digipoort import db
-from digipoort.clikit import config_option
-from digipoort.config import load_settings
+from digipoort import db, prerequisites
+from digipoort.clikit import CliError, config_option, emit, json_option, run_async, settings_from
 from digipoort.pki import is_valid_oin
 
 
@@ -33,7 +31,8 @@ def participants() -> None:
 @config_option
 @click.argument("oin")
 @click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
-def password(config_path: Path | None, oin: str, password_stdin: bool) -> None:
+@json_option
+def password(config_path: Path | None, oin: str, password_stdin: bool, as_json: bool) -> None:
     """Set the POP3 password of OIN (for clients without a certificate). Only a salted
     scrypt hash is stored."""
     oin = _oin(oin)
@@ -44,9 +43,10 @@ def password(config_path: Path | None, oin: str, password_stdin: bool) -> None:
     if len(secret) < 12:
         raise click.UsageError("the password must have at least 12 characters")
     hashed = hash_password(secret)
-    settings = load_settings(config_path)
+    settings = settings_from(config_path)
 
     async def go() -> bool:
+        await prerequisites.check_database(settings.database.url)
         conn = await db.connect(settings.database.url)
         try:
             known = await conn.fetchval("SELECT 1 FROM participants WHERE oin = $1", oin)
@@ -57,10 +57,9 @@ def password(config_path: Path | None, oin: str, password_stdin: bool) -> None:
         finally:
             await conn.close()
 
-    if not asyncio.run(go()):
-        click.echo(f"unknown participant {oin}", err=True)
-        sys.exit(1)
-    click.echo(f"password set for {oin}")
+    if not run_async(go):
+        raise CliError(f"unknown participant {oin}", "not-found")
+    emit({"oin": oin, "password": "set"}, f"password set for {oin}")
 
 
 @participants.command("returns")
@@ -72,10 +71,11 @@ def password(config_path: Path | None, oin: str, password_stdin: bool) -> None:
     help="Comma-separated status codes to receive as return mails "
     f"(default: {','.join(sorted(DEFAULT_CODES))}); 'default' resets.",
 )
-def returns(config_path: Path | None, oin: str, codes: str | None) -> None:
+@json_option
+def returns(config_path: Path | None, oin: str, codes: str | None, as_json: bool) -> None:
     """Show or set which status changes OIN receives as return mails (POP3)."""
     oin = _oin(oin)
-    settings = load_settings(config_path)
+    settings = settings_from(config_path)
     wanted: list[str] | None = None
     if codes and codes != "default":
         wanted = sorted({c.strip() for c in codes.split(",") if c.strip()})
@@ -83,6 +83,7 @@ def returns(config_path: Path | None, oin: str, codes: str | None) -> None:
             raise click.BadParameter("status codes are three digits")
 
     async def go() -> list[str] | None:
+        await prerequisites.check_database(settings.database.url)
         conn = await db.connect(settings.database.url)
         try:
             if codes == "default":
@@ -102,6 +103,9 @@ def returns(config_path: Path | None, oin: str, codes: str | None) -> None:
         finally:
             await conn.close()
 
-    current = asyncio.run(go())
-    shown = ",".join(current) if current is not None else ",".join(sorted(DEFAULT_CODES))
-    click.echo(f"{oin}: {shown}{'' if current is not None else ' (default)'}")
+    current = run_async(go)
+    shown = current if current is not None else sorted(DEFAULT_CODES)
+    emit(
+        {"oin": oin, "codes": shown, "default": current is None},
+        f"{oin}: {','.join(shown)}{'' if current is not None else ' (default)'}",
+    )

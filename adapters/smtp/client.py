@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from adapters.smtp.subject import format_subject
+from digipoort.clienterrors import CertificateRefused, ClientError, diagnose
 from digipoort.pki import certificate_file_oin, client_ssl_context
 
 __all__ = ["CLI", "SmtpSubmitError", "build_mail", "submit_mail"]
@@ -22,10 +23,13 @@ __all__ = ["CLI", "SmtpSubmitError", "build_mail", "submit_mail"]
 _KENMERK = re.compile(r"kenmerk ([0-9a-f-]{36})")
 
 
-class SmtpSubmitError(Exception):
+class SmtpSubmitError(ClientError):
+    """The server refused (``foutcode`` = its SMTP reply code), or the submission failed
+    before the server answered (code 0: no foutcode)."""
+
     def __init__(self, code: int, message: str) -> None:
-        super().__init__(f"{code} {message}")
-        self.foutcode = str(code)
+        super().__init__(f"{code} {message}" if code else message)
+        self.foutcode = str(code) if code else None
 
 
 def build_mail(
@@ -69,10 +73,22 @@ def submit_mail(
 ) -> str:
     """Send over STARTTLS with the client certificate; return the kenmerk."""
     context = client_ssl_context(cert, key, ca)
-    with _Smtp(host, port, timeout=timeout) as smtp:
-        smtp.ehlo()
-        smtp.starttls(context=context)
-        smtp.ehlo()
+    try:
+        smtp = _Smtp(host, port, timeout=timeout)
+    except OSError as exc:
+        raise SmtpSubmitError(
+            0, f"cannot reach the gateway at {host}:{port}: {exc.strerror or exc}"
+        ) from exc
+    with smtp:
+        try:
+            smtp.ehlo()
+            smtp.starttls(context=context)
+            smtp.ehlo()
+        except (OSError, smtplib.SMTPException) as exc:
+            refused = diagnose(exc, cert, ca)
+            if refused is not None:
+                raise refused from exc
+            raise
         try:
             smtp.send_message(msg)
         except smtplib.SMTPRecipientsRefused as exc:
@@ -82,7 +98,16 @@ def submit_mail(
         except smtplib.SMTPResponseException as exc:
             error = exc.smtp_error
             shown = error.decode(errors="replace") if isinstance(error, bytes) else str(error)
+            if exc.smtp_code == 535 and "certificate" in shown.lower():
+                raise CertificateRefused(
+                    f"the gateway refused the certificate {cert.name}: {exc.smtp_code} {shown}"
+                ) from None
             raise SmtpSubmitError(exc.smtp_code, shown) from None
+        except (OSError, smtplib.SMTPServerDisconnected) as exc:
+            refused = diagnose(exc, cert, ca)  # TLS 1.3: the refusal comes with MAIL
+            if refused is not None:
+                raise refused from exc
+            raise
         found = _KENMERK.search(smtp.last_data_reply)
     if found is None:
         raise SmtpSubmitError(250, f"no kenmerk in the reply: {smtp.last_data_reply}")
@@ -135,9 +160,6 @@ class _Cli:
         )
         kenmerk = submit_mail(msg, host=host, port=port, cert=cert, key=key, ca=ca)
         return {"kenmerk": kenmerk, "berichtsoort": berichtsoort, "message_id": msg["Message-ID"]}
-
-    def status(self, **_: Any) -> list[dict[str, Any]]:
-        raise SmtpSubmitError(0, "status over SMTP: read the return mails with POP3")
 
 
 CLI = _Cli()

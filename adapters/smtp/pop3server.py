@@ -36,7 +36,7 @@ from adapters.smtp.pop3proto import (
 )
 from adapters.smtp.server import tls_context, verifiers
 from adapters.starttls import upgrade
-from digipoort.app import Gateway
+from digipoort.app import LISTEN_BACKLOG, Gateway, shares_ports
 from digipoort.pki import CertificateRejected, CertificateVerifier, peer_certificate
 from digipoort.pki.wiring import revocation_service
 
@@ -191,9 +191,7 @@ class Pop3Server:
         log.info("pop3.quit", user=session.user, deleted=removed)
         return Reply(True, f"bye ({removed} messages deleted)", close=True)
 
-    async def _certificate(
-        self, writer: asyncio.StreamWriter
-    ) -> tuple[str | None, str | None]:
+    async def _certificate(self, writer: asyncio.StreamWriter) -> tuple[str | None, str | None]:
         ssl_object = writer.get_extra_info("ssl_object")
         cert = peer_certificate(ssl_object) if ssl_object is not None else None
         if cert is None:
@@ -243,7 +241,12 @@ async def start(gateway: Gateway) -> Callable[[], Awaitable[None]]:
         max_sessions=s.pop3.max_sessions,
     )
     server = await asyncio.start_server(
-        pop3.handle, s.pop3.host, s.pop3.port, limit=MAX_LINE + 1, reuse_port=True
+        pop3.handle,
+        s.pop3.host,
+        s.pop3.port,
+        limit=MAX_LINE + 1,
+        reuse_port=shares_ports(),
+        backlog=LISTEN_BACKLOG,
     )
     log.info("pop3.listening", host=s.pop3.host, port=s.pop3.port)
 

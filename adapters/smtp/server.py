@@ -30,7 +30,7 @@ from adapters.smtp.flows import resolve_flow, smime_required
 from adapters.smtp.mime import ParsedMail, parse_mail, raw_mail_limit
 from adapters.smtp.smime import SmimeInvalid, verify_detached
 from adapters.starttls import discard_buffered
-from digipoort.app import Gateway
+from digipoort.app import LISTEN_BACKLOG, Gateway, shares_ports
 from digipoort.config import Settings
 from digipoort.envelope import Aanlevering, Document, Identiteit
 from digipoort.intake import IntakeRefused, IntakeUnavailable
@@ -399,7 +399,9 @@ async def start(gateway: Gateway) -> Callable[[], Awaitable[None]]:
             loop=loop,
         )
 
-    server = await loop.create_server(factory, s.smtp.host, s.smtp.port, reuse_port=True)
+    server = await loop.create_server(
+        factory, s.smtp.host, s.smtp.port, reuse_port=shares_ports(), backlog=LISTEN_BACKLOG
+    )
     log.info("smtp.listening", host=s.smtp.host, port=s.smtp.port, domain=s.smtp.domain)
 
     async def stop() -> None:

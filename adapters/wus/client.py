@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import ssl
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -36,18 +36,23 @@ from adapters.wus.soap import (
 )
 from adapters.wus.wsdl import AANLEVER_PATH, STATUS_PATH
 from adapters.wus.wssecurity import WSSecurityError, sign_envelope, verify_envelope
+from digipoort.clienterrors import ClientError, diagnose
 from digipoort.pki import client_ssl_context
 
 __all__ = ["CLI", "Bijlage", "WusClient", "WusError", "WusFault"]
 
 KV = f"{{{KOPPELVLAK_NS}}}"
+#: Requests are sent in chunks of this size when someone watches the progress.
+SEND_CHUNK = 256 * 1024
 
 
-class WusError(Exception):
+class WusError(ClientError):
     """The exchange failed (transport, or an answer that does not verify)."""
 
 
 class WusFault(WusError):
+    """A Digipoort fault: ``str()`` is ``"<foutcode>: <foutbeschrijving>"``, once."""
+
     def __init__(self, foutcode: str, foutbeschrijving: str, http_status: int) -> None:
         super().__init__(f"{foutcode}: {foutbeschrijving.strip()}")
         self.foutcode = foutcode
@@ -135,7 +140,8 @@ def _text(element: etree._Element, name: str) -> str | None:
     return element.findtext(KV + name)
 
 
-def _status_dicts(payload: etree._Element) -> list[dict[str, Any]]:
+def status_dicts(payload: etree._Element) -> list[dict[str, Any]]:
+    """Every StatusResultaat under ``payload`` (a WUS answer or an FTP status file)."""
     result: list[dict[str, Any]] = []
     for item in payload.iter(KV + "StatusResultaat"):
         fout = item.find(KV + "statusFoutcode")
@@ -170,6 +176,9 @@ class WusClient:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.algorithm: Literal["sha256", "sha1"] = algorithm
+        self.cert_file, self.ca_file = cert_file, ca_file
+        #: Called with the number of request bytes sent (a progress bar), if set.
+        self.progress: Callable[[int], None] | None = None
         self.ssl = client_ssl_context(cert_file, key_file, ca_file)
         self.certificate = x509.load_pem_x509_certificates(cert_file.read_bytes())[0]
         key = load_pem_private_key(key_file.read_bytes(), password=None)
@@ -225,9 +234,13 @@ class WusClient:
         """POST bytes; (HTTP status, response body, DER of the TLS server certificate)."""
         all_headers = {"Content-Type": "text/xml; charset=utf-8", "SOAPAction": f'"{action}"'}
         all_headers.update(headers or {})
+        data: bytes | AsyncIterator[bytes] = body
+        if self.progress is not None:
+            all_headers["Content-Length"] = str(len(body))
+            data = self._chunks(body, self.progress)
         try:
             async with self._http().post(
-                self.base_url + path, data=body, headers=all_headers
+                self.base_url + path, data=data, headers=all_headers
             ) as response:
                 server_der: bytes | None = None
                 if response.connection is not None and response.connection.transport is not None:
@@ -236,7 +249,18 @@ class WusClient:
                         server_der = ssl_object.getpeercert(binary_form=True)
                 return response.status, await response.read(), server_der
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise WusError(f"transport: {exc!r}") from exc
+            refused = diagnose(exc, self.cert_file, self.ca_file)
+            if refused is not None:
+                raise refused from exc
+            raise WusError(f"cannot reach the gateway at {self.base_url}: {exc}") from exc
+
+    @staticmethod
+    async def _chunks(body: bytes, progress: Callable[[int], None]) -> AsyncIterator[bytes]:
+        view = memoryview(body)
+        for start in range(0, len(body), SEND_CHUNK):
+            chunk = bytes(view[start : start + SEND_CHUNK])
+            yield chunk
+            progress(len(chunk))
 
     def check_response(
         self, status: int, body: bytes, server_der: bytes | None, message_id: str
@@ -284,7 +308,7 @@ class WusClient:
     async def status(self, operation: str, **fields: Any) -> list[dict[str, Any]]:
         action = STATUSINFORMATIESERVICE_NS + f"StatusinformatieService/{operation}Request"
         payload = await self.call(STATUS_PATH, action, status_request(operation, **fields))
-        return _status_dicts(payload)
+        return status_dicts(payload)
 
     async def berichtsoorten(self, belanghebbende: tuple[str, str]) -> list[str]:
         action = STATUSINFORMATIESERVICE_NS + "StatusinformatieService/getBerichtsoortenRequest"
@@ -334,9 +358,15 @@ class _Cli:
             ],
         )
 
+        from digipoort.clikit import progress_bar
+
+        size = file.stat().st_size + sum(b.stat().st_size for b in bijlagen)
+
         async def go() -> dict[str, Any]:
             async with WusClient(url, cert, key, ca) as client:
-                return await client.aanleveren(request)
+                with progress_bar(file.name, size * 4 // 3) as advance:
+                    client.progress = advance
+                    return await client.aanleveren(request)
 
         return asyncio.run(go())
 

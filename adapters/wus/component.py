@@ -17,7 +17,7 @@ from adapters.smtp.relay import SmtpRelay
 from adapters.wus import store
 from adapters.wus.aflever_client import AfleverClient
 from adapters.wus.server import WusService
-from digipoort.app import Gateway
+from digipoort.app import Gateway, shares_ports
 from digipoort.config import Settings
 from digipoort.httpguard import GuardedSite, HttpGuard, HttpGuardConfig
 from digipoort.pki import CertificateVerifier
@@ -88,7 +88,12 @@ async def start(gateway: Gateway) -> Callable[[], Awaitable[None]]:
         ),
     )
     site = GuardedSite(
-        runner, s.wus.host, s.wus.port, guard=guard, ssl_context=ssl_context, reuse_port=True
+        runner,
+        s.wus.host,
+        s.wus.port,
+        guard=guard,
+        ssl_context=ssl_context,
+        reuse_port=shares_ports(),
     )
     await site.start()
     log.info("wus.listening", host=s.wus.host, port=s.wus.port, public_url=s.wus.public_url)

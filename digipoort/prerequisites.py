@@ -1,0 +1,210 @@
+"""Checks of what a command needs before it changes anything: PostgreSQL (reachable, the
+login accepted, the database present), RabbitMQ (AMQP login and vhost; the management
+API for ``setup``) and free listening ports.
+
+Each failure is a :class:`PrerequisiteError`: one sentence saying what is wrong and what
+to do, plus a stable ``code`` for scripts. Passwords never appear (URLs are redacted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+from urllib.parse import unquote, urlsplit
+
+import aiohttp
+import asyncpg
+
+from digipoort.config import redact_url
+
+TIMEOUT = 10.0
+
+
+class PrerequisiteError(Exception):
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _where(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.hostname or '127.0.0.1'}:{parts.port or ''}".rstrip(":")
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, ConnectionRefusedError) or getattr(exc, "errno", None) == errno.ECONNREFUSED:
+        return "connection refused"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return str(exc) or type(exc).__name__
+
+
+def translate(exc: BaseException, url: str) -> PrerequisiteError | None:
+    """A PostgreSQL failure as one line (``url`` names the server; may be empty)."""
+    where = f" at {_where(url)}" if url else ""
+    user = unquote(urlsplit(url).username or "") if url else ""
+    name = unquote(urlsplit(url).path.lstrip("/")) if url else ""
+    if isinstance(exc, asyncpg.InvalidCatalogNameError):
+        what = f"database {name!r}" if name else "the database"
+        return PrerequisiteError(
+            f"{what} does not exist{where}: run `digipoort setup --config …` first",
+            "database-missing",
+        )
+    if isinstance(
+        exc, asyncpg.InvalidPasswordError | asyncpg.InvalidAuthorizationSpecificationError
+    ):
+        who = f" of user {user!r}" if user else ""
+        return PrerequisiteError(
+            f"PostgreSQL{where} refused the login{who}: {exc} "
+            "(check database.url or DIGIPOORT_DATABASE__URL)",
+            "database-auth",
+        )
+    if url and isinstance(exc, OSError | TimeoutError):
+        return PrerequisiteError(
+            f"PostgreSQL is not reachable{where} ({_reason(exc)}): start it, or fix "
+            "database.url / DIGIPOORT_DATABASE__URL",
+            "database-unreachable",
+        )
+    return None
+
+
+async def check_database(url: str) -> None:
+    """Connect to the database of ``url`` (it must exist) and close again."""
+    try:
+        conn = await asyncio.wait_for(asyncpg.connect(url), TIMEOUT)
+    except (asyncpg.PostgresError, OSError, TimeoutError) as exc:
+        error = translate(exc, url)
+        if error is None:
+            raise
+        raise error from exc
+    await conn.close()
+
+
+async def check_broker(
+    url: str, *, setting: str = "broker.url", env: str = "DIGIPOORT_BROKER__URL"
+) -> None:
+    """Open an AMQP connection to ``url`` (login and vhost) and close it again."""
+    import aiormq
+    from aiormq import exceptions as amqp
+
+    where = _where(url)
+    quiet = logging.getLogger("aiormq.connection")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)  # it logs the failure we report in one line
+    try:
+        conn = await asyncio.wait_for(aiormq.connect(url), TIMEOUT)
+    except (amqp.ConnectionNotAllowed, amqp.InvalidFrameError) as exc:
+        # the vhost is refused at Connection.Open (NOT_ALLOWED), which older servers and
+        # aiormq report as an unexpected Connection.Close frame
+        vhost = unquote(urlsplit(url).path.lstrip("/")) or "/"
+        raise PrerequisiteError(
+            f"RabbitMQ at {where} does not let this user into vhost {vhost!r} (it does not "
+            "exist or the user has no permission): run `digipoort setup`, or fix the vhost "
+            f"in {setting}",
+            "broker-vhost",
+        ) from exc
+    except (amqp.AMQPConnectionError, OSError, TimeoutError) as exc:
+        if isinstance(exc, amqp.ProbableAuthenticationError) or "ACCESS_REFUSED" in str(exc):
+            user = unquote(urlsplit(url).username or "guest")
+            raise PrerequisiteError(
+                f"RabbitMQ at {where} refused the login of user {user!r} (ACCESS_REFUSED: "
+                f"wrong user or password): check {setting} or {env}",
+                "broker-auth",
+            ) from exc
+        cause = exc.args[0] if exc.args and isinstance(exc.args[0], BaseException) else exc
+        raise PrerequisiteError(
+            f"RabbitMQ is not reachable at {where} ({_reason(cause)}): start it, or fix "
+            f"{setting} / {env}",
+            "broker-unreachable",
+        ) from exc
+    finally:
+        quiet.setLevel(level)
+    await conn.close()
+
+
+async def check_management(url: str) -> None:
+    """The management API answers, accepts the login and may create vhosts."""
+    from digipoort.provision import Management
+
+    management = Management(url)
+    shown = redact_url(management.base)
+    try:
+        async with (
+            aiohttp.ClientSession(headers=management.headers) as session,
+            session.get(
+                f"{management.base}/api/whoami", timeout=aiohttp.ClientTimeout(total=TIMEOUT)
+            ) as resp,
+        ):
+            if resp.status == 401:
+                raise PrerequisiteError(
+                    f"the RabbitMQ management API at {shown} refused the login: check "
+                    "broker.management_url or DIGIPOORT_BROKER__MANAGEMENT_URL",
+                    "management-auth",
+                )
+            if resp.status != 200:
+                raise PrerequisiteError(
+                    f"the RabbitMQ management API at {shown} answered HTTP {resp.status}: "
+                    "is broker.management_url right?",
+                    "management-unreachable",
+                )
+            who = await resp.json(content_type=None)
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        raise PrerequisiteError(
+            f"the RabbitMQ management API is not reachable at {shown} ({_reason(exc)}): "
+            "enable it (`rabbitmq-plugins enable rabbitmq_management`) or fix "
+            "broker.management_url",
+            "management-unreachable",
+        ) from exc
+    tags = who.get("tags", []) if isinstance(who, dict) else []
+    tags = tags.split(",") if isinstance(tags, str) else tags
+    if "administrator" not in tags:
+        raise PrerequisiteError(
+            f"the management user of {shown} is not an administrator (tags: "
+            f"{','.join(tags) or 'none'}): it cannot create the vhost and users",
+            "management-auth",
+        )
+
+
+async def check_reachable(url: str, default_port: int, what: str, setting: str) -> None:
+    """A TCP connection to the host and port of ``url`` opens."""
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or default_port
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), TIMEOUT)
+    except (OSError, TimeoutError) as exc:
+        raise PrerequisiteError(
+            f"{what} is not reachable at {host}:{port} ({_reason(exc)}): start it, or fix "
+            f"{setting}",
+            f"{what.split()[0].lower()}-unreachable",
+        ) from exc
+    writer.close()
+
+
+def check_port_free(host: str, port: int, setting: str) -> None:
+    """Bind ``host:port`` without SO_REUSEPORT (and release it): nobody listens there."""
+    if port == 0:
+        return
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise port_in_use(port, setting) from exc
+
+
+def port_in_use(port: int | None, setting: str | None) -> PrerequisiteError:
+    """Port ``port`` (set by ``setting``, e.g. ``http.port``) is taken."""
+    where = f"port {port}" if port else "a listening port"
+    if setting:
+        env = "DIGIPOORT_" + setting.split("/")[0].replace(".", "__").upper()
+        where += f" (setting {setting}; move it in the config or with {env}=…)"
+    shows = f" (`ss -tanp 'sport = :{port}'` shows by what)" if port else ""
+    return PrerequisiteError(
+        f"{where} is already in use: another `digipoort serve` with this config, or another "
+        f"program{shows}; stop it, or move the port",
+        "port-in-use",
+    )
