@@ -181,6 +181,26 @@ class ValidationConfig(BaseModel):
     max_findings: int = Field(default=50, ge=1, le=1000)
 
 
+class PortalConfig(BaseModel):
+    """The ``portal`` component: supplier portal, Aansluit Suite, operator console, REST API
+    on its own HTTPS port with mutual TLS (docs/portal.md)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8444
+    public_url: str = "https://localhost:8444"
+    # operators: by OIN or by SHA-256 fingerprint of the certificate (lowercase hex)
+    operators: list[str] = Field(default_factory=list)
+    # signs the CSRF tokens; empty: a random secret per process (set it with --processes N)
+    csrf_secret: str = ""
+    max_upload_bytes: int = 20 * 1024 * 1024
+    max_bijlagen: int = 10
+    page_size: int = 50
+    # requests per caller per minute (token bucket), answered 429 beyond
+    rate_limit_per_minute: int = 600
+    # metering: EUR per message for organisations outside central government
+    tariff_eur: str = "0.59"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="DIGIPOORT_", env_nested_delimiter="__", extra="ignore"
@@ -203,6 +223,7 @@ class Settings(BaseSettings):
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    portal: PortalConfig = Field(default_factory=PortalConfig)
     log_level: str = "info"
     config_dir: Path = Path(".")
 

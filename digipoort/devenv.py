@@ -14,16 +14,21 @@ import importlib
 import os
 from pathlib import Path
 
-from digipoort.pki.devpki import DevParticipant, create_dev_pki
+from digipoort.pki.devpki import OPERATOR_OIN, DevParticipant, create_dev_pki
 
 SAMPLE_PARTICIPANTS: list[tuple[str, str, list[str]]] = [
     ("00000099100000010000", "Leverancier Alfa BV", ["sender", "recipient"]),
     ("00000099100000020000", "Intermediair Beta BV", ["sender", "intermediary"]),
-    ("00000099200000010000", "Belastingdienst (test)", ["recipient"]),
-    ("00000099200000020000", "CBS (test)", ["recipient", "flow-owner"]),
+    # role "rijksoverheid": central government, not charged by metering (docs/portal.md)
+    ("00000099200000010000", "Belastingdienst (test)", ["recipient", "rijksoverheid"]),
+    ("00000099200000020000", "CBS (test)", ["recipient", "flow-owner", "rijksoverheid"]),
     ("00000099200000030000", "HBAG (test)", ["recipient"]),
-    ("00000099200000040000", "Rijksdienst Inkoop (test)", ["recipient", "sender"]),
-    ("00000099200000050000", "Douane (test)", ["recipient"]),
+    (
+        "00000099200000040000",
+        "Rijksdienst Inkoop (test)",
+        ["recipient", "sender", "rijksoverheid"],
+    ),
+    ("00000099200000050000", "Douane (test)", ["recipient", "rijksoverheid"]),
     ("00000099200000060000", "De Nederlandsche Bank (test)", ["recipient"]),
 ]
 
@@ -114,6 +119,12 @@ passive_port_min = {ftp_passive_min}
 passive_port_max = {ftp_passive_max}
 root_dir = "data/ftp"
 
+[portal]
+host = "127.0.0.1"
+port = {portal_port}
+public_url = "https://localhost:{portal_port}"
+operators = ["{operator}"]   # pki/operator.crt
+
 # ---- sample registry (test OINs) -------------------------------------------------------
 {participants}
 [[registry.berichtsoorten]]
@@ -126,7 +137,7 @@ max_size = 20971520
 
 [[registry.berichtsoorten]]
 name = "CBS-Detailhandel"
-koppelvlakken = ["wus", "smtp", "ftp"]
+koppelvlakken = ["wus", "smtp", "ftp", "portal"]
 recipients = ["{cbs}"]
 owner = "{cbs}"
 copies = ["{hbag}"]          # meervoudig doorzenden, set by CBS as flow owner
@@ -139,7 +150,7 @@ smtp_address = "cbs-detailhandel"
 # the official artefacts installed in validation.artefacts_dir (docs/validation.md)
 [[registry.berichtsoorten]]
 name = "DigiInkoop-Factuur"
-koppelvlakken = ["wus", "smtp", "ftp"]
+koppelvlakken = ["wus", "smtp", "ftp", "portal"]
 recipients = ["{ri}"]
 senders = ["{alfa}"]
 max_size = 20971520
@@ -218,6 +229,7 @@ def render_config(
     ftp_port: int = 8021,
     ftp_passive_min: int = 30000,
     ftp_passive_max: int = 30100,
+    portal_port: int = 8444,
 ) -> str:
     participants = "".join(
         f'[[registry.participants]]\noin = "{oin}"\nname = "{name}"\nroles = {roles!r}\n'.replace(
@@ -238,6 +250,8 @@ def render_config(
         ftp_port=ftp_port,
         ftp_passive_min=ftp_passive_min,
         ftp_passive_max=ftp_passive_max,
+        portal_port=portal_port,
+        operator=OPERATOR_OIN,
         participants=participants,
         ubl_xsd=_UBL_XSD,
         alfa=ALFA,

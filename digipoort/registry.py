@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-KOPPELVLAKKEN = ("wus", "smtp", "ftp")
+KOPPELVLAKKEN = ("wus", "smtp", "ftp", "portal")
 
 
 def _check_oin(value: str) -> str:

@@ -97,13 +97,17 @@ case "$mode" in
     say "[4/4] lint, types and tests"
     # independent peers and checkers used by the tests: xmlsec1 (XML-DSig), curl and lftp
     # (FTPS), swaks (SMTP), mpop (POP3), openssl (s_client), promtool (alert rules, Debian
-    # package prometheus), docker-compose (compose file)
+    # package prometheus), docker-compose (compose file), chromium + npm (portal browser tests)
     missing=()
     for tool in xmlsec1 curl swaks lftp mpop openssl; do
       command -v "$tool" >/dev/null || missing+=("$tool")
     done
     command -v promtool >/dev/null || missing+=(prometheus)
     command -v docker-compose >/dev/null || missing+=(docker-compose)
+    # the portal's browser tests: Debian's chromium (Playwright never downloads one) and
+    # npm for axe-core
+    [ -x /usr/bin/chromium ] || missing+=(chromium)
+    command -v npm >/dev/null || missing+=(npm)
     if [ "${#missing[@]}" -gt 0 ]; then
       if [ "$(id -u)" -eq 0 ]; then apt_install "${missing[@]}" || true
       else say "not root: tests needing ${missing[*]} are skipped"; fi

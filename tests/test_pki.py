@@ -38,7 +38,7 @@ BELASTINGDIENST = DevParticipant("00000099200000010000", "Belastingdienst (test)
 CBS = DevParticipant("00000099200000020000", "Centraal Bureau voor de Statistiek (test)")
 PARTICIPANTS = (ALFA, BELASTINGDIENST, CBS)
 NEGATIVE = ("revoked", "expired", "untrusted")
-END_ENTITIES = ("server", *NEGATIVE, *(p.oin for p in PARTICIPANTS))
+END_ENTITIES = ("server", "operator", *NEGATIVE, *(p.oin for p in PARTICIPANTS))
 
 
 # --------------------------------------------------------------------------- helpers

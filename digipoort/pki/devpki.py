@@ -6,6 +6,7 @@ Layout written by :func:`create_dev_pki` (see ``docs/pki.md``)::
     intermediate.crt / intermediate.key  "Test PKIoverheid Organisatie Services CA"
     chain.pem                            intermediate + root
     server.crt / server.key              the gateway (CN=localhost, OIN GATEWAY_OIN)
+    operator.crt / operator.key          the portal's operator (OIN OPERATOR_OIN)
     <OIN>.crt / <OIN>.key                one per participant
     revoked.crt / revoked.key            Alfa's OIN, listed in ca.crl
     expired.crt / expired.key            Alfa's OIN, validity entirely in the past
@@ -51,6 +52,7 @@ __all__ = [
     "ALFA",
     "DEFAULT_REVOCATION_URL",
     "GATEWAY_OIN",
+    "OPERATOR_OIN",
     "DevParticipant",
     "DevPkiLayout",
     "create_dev_pki",
@@ -67,6 +69,7 @@ class DevParticipant:
 
 
 GATEWAY_OIN = "00000099300000010000"  # the gateway's own (Digipoort test) OIN
+OPERATOR_OIN = "00000099300000020000"  # operator.crt: the portal's operator (docs/portal.md)
 ALFA = DevParticipant("00000099100000010000", "Leverancier Alfa BV")
 """Whose identity the revoked, expired and untrusted certificates carry."""
 
@@ -560,6 +563,8 @@ class _Run:
     ) -> None:
         gateway = _name(cn="localhost", o="Digipoort (test)", oin=GATEWAY_OIN)
         self.ensure(_leaf_spec("server", gateway, self.now, ipv6=True, url=self.url), intermediate)
+        operator = _name(cn="Digipoort beheer (test)", o="Digipoort (test)", oin=OPERATOR_OIN)
+        self.ensure(_leaf_spec("operator", operator, self.now, url=self.url), intermediate)
         for participant in participants:
             subject = _name(cn=participant.name, o=participant.name, oin=participant.oin)
             self.ensure(_leaf_spec(participant.oin, subject, self.now, url=self.url), intermediate)
