@@ -33,11 +33,21 @@ def sleutel(a: Aanlevering, documents: Sequence[StoredDocument]) -> bytes | None
     """The resubmission key, or None without an aanleverkenmerk (then nothing changes).
 
     SHA-256 over length-prefixed fields: sender OIN, berichtsoort, aanleverkenmerk and the
-    SHA-256 of every document (berichtInhoud, then bijlagen) in order."""
+    SHA-256 of every document (berichtInhoud, then bijlagen) in order — and, so that a
+    "resubmission" never answers for a request meant differently, the belanghebbende and
+    the ontvanger."""
     if not a.aanleverkenmerk:
         return None
     h = hashlib.sha256()
-    for part in (a.sender_oin, a.berichtsoort, a.aanleverkenmerk, *(d.sha256 for d in documents)):
+    parts = (
+        a.sender_oin,
+        a.berichtsoort,
+        a.aanleverkenmerk,
+        f"{a.belanghebbende.type}:{a.belanghebbende.nummer}",
+        f"{a.ontvanger.type}:{a.ontvanger.nummer}" if a.ontvanger else "",
+        *(d.sha256 for d in documents),
+    )
+    for part in parts:
         raw = part.encode("utf-8")
         h.update(len(raw).to_bytes(4, "big"))
         h.update(raw)

@@ -1,6 +1,7 @@
 """Idempotent resubmission (issue 18, item 5; docs/reliability.md): the same sender,
-berichtsoort, aanleverkenmerk and documents within the window get the original kenmerk
-and tijdstempel back, and exactly one envelope (and one delivery per recipient) exists."""
+berichtsoort, aanleverkenmerk, documents (and belanghebbende and ontvanger) within the
+window get the original kenmerk and tijdstempel back, and exactly one envelope (and one
+delivery per recipient) exists."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import asyncpg
 from adapters.ftp.client import FtpsClient
 from adapters.wus.client import Bijlage, WusClient, aanlever_request
 from digipoort import metrics, resubmission
-from digipoort.envelope import Document
+from digipoort.envelope import Document, Identiteit
 from digipoort.envelopestore import NewEnvelope, insert_envelopes
 from digipoort.status import now
 from tests.support import (
@@ -82,6 +83,10 @@ async def test_any_difference_makes_a_new_envelope(env: Env) -> None:
             bijlagen=(Document("application/pdf", "b.pdf", content=b"%PDF-1.4 twee"),),
         ),  # another bijlage
         aanlevering("CBS-Detailhandel", aanleverkenmerk=k),  # other berichtsoort
+        aanlevering(aanleverkenmerk=k, ontvanger=BELASTINGDIENST),  # an ontvanger
+        dataclasses.replace(  # another belanghebbende
+            aanlevering(aanleverkenmerk=k), belanghebbende=Identiteit("123456782", "BSN")
+        ),
     ]
     kenmerken = {original.kenmerk}
     for a in variants:
