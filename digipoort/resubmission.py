@@ -84,7 +84,9 @@ async def claim(
     for _ in range(3):
         if not pending:
             break
-        keys = list(pending)
+        # one order for every transaction: two batches claiming the same keys wait for
+        # each other instead of deadlocking
+        keys = sorted(pending)
         rows = await conn.fetch(
             _CLAIM,
             keys,
