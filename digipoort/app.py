@@ -120,6 +120,7 @@ class Gateway:
                 limits=s.limits,
                 storage=s.storage,
                 max_batch=s.intake.max_batch,
+                resubmission_window_seconds=s.intake.resubmission_window_seconds,
             )
             await self.intake.start()
             self._stops.append(self.intake.stop)
@@ -133,6 +134,7 @@ class Gateway:
                     grace_seconds=s.intake.sweep_grace_seconds,
                     interval=s.intake.sweep_interval_seconds,
                     stopping=self.stopping,
+                    resubmission_window_seconds=s.intake.resubmission_window_seconds,
                 )
             )
             self._tasks.append(task)

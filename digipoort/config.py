@@ -162,6 +162,10 @@ class IntakeConfig(BaseModel):
     # sweeper once it is older than this.
     sweep_grace_seconds: float = 10.0
     sweep_interval_seconds: float = 5.0
+    # Idempotent resubmission (docs/reliability.md): the same sender, berichtsoort,
+    # aanleverkenmerk and documents within this many seconds get the original kenmerk
+    # back instead of a new envelope. 0 disables it.
+    resubmission_window_seconds: float = Field(default=24 * 3600.0, ge=0)
 
 
 class LimitsConfig(BaseModel):

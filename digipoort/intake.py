@@ -9,6 +9,11 @@ throughput grows with load while an idle gateway answers a lone submission at on
 If the publish is not confirmed after the commit, the kenmerk is still returned: the
 envelope is committed and the sweeper (:mod:`digipoort.sweeper`) republishes every
 envelope whose hand-off was not confirmed.
+
+A resubmission (same sender, berichtsoort, aanleverkenmerk and documents within
+``intake.resubmission_window_seconds``) gets the original kenmerk and tijdstempel back
+and creates nothing (:mod:`digipoort.resubmission`); the check is one statement inside
+the same group-commit transaction.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from dataclasses import dataclass, field
 import asyncpg
 import structlog
 
-from digipoort import metrics
+from digipoort import metrics, resubmission
 from digipoort.broker import VALIDATE, Broker
 from digipoort.config import LimitsConfig, StorageConfig
 from digipoort.envelope import Aanlevering, Accepted, Document, StoredDocument, sha256_hex
@@ -55,6 +60,9 @@ class IntakeUnavailable(Exception):
 @dataclass
 class _Pending:
     envelope: NewEnvelope
+    sleutel: bytes | None = None
+    # set by the writer: the original this submission repeats (no envelope was created)
+    original: resubmission.Original | None = None
     future: asyncio.Future[Accepted] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -72,6 +80,7 @@ class Intake:
         storage: StorageConfig,
         max_batch: int = 256,
         writers: int = 4,
+        resubmission_window_seconds: float = 24 * 3600.0,
     ) -> None:
         self._pool = pool
         self._broker = broker
@@ -80,6 +89,7 @@ class Intake:
         self._limits = limits
         self._storage = storage
         self._max_batch = max_batch
+        self._window = resubmission_window_seconds
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._writers = writers
         self._tasks: list[asyncio.Task[None]] = []
@@ -149,9 +159,21 @@ class Intake:
             metrics.INTAKE.labels(a.koppelvlak, "error").inc()
             log.error("payload opslag mislukt", error=str(exc))
             raise IntakeUnavailable("payload storage failed") from exc
-        pending = _Pending(NewEnvelope(uuid.uuid4(), now(), a, documents))
+        key = resubmission.sleutel(a, documents) if self._window > 0 else None
+        pending = _Pending(NewEnvelope(uuid.uuid4(), now(), a, documents), key)
         self._queue.put_nowait(pending)
         accepted = await pending.future
+        if pending.original is not None:
+            metrics.INTAKE.labels(a.koppelvlak, "resubmitted").inc()
+            log.info(
+                "herhaalde aanlevering; oorspronkelijk kenmerk teruggegeven",
+                kenmerk=str(accepted.kenmerk),
+                sender_oin=a.sender_oin,
+                berichtsoort=a.berichtsoort,
+                koppelvlak=a.koppelvlak,
+                aanleverkenmerk=a.aanleverkenmerk,
+            )
+            return accepted
         metrics.INTAKE.labels(a.koppelvlak, "accepted").inc()
         metrics.MESSAGES_METERED.labels(a.sender_oin, "aangeleverd").inc()
         metrics.ACCEPT_LATENCY.labels(a.koppelvlak).observe(time.perf_counter() - started)
@@ -204,16 +226,25 @@ class Intake:
                 for _ in batch:
                     self._queue.task_done()
 
-    async def _commit(self, batch: list[_Pending]) -> None:
-        envelopes = [p.envelope for p in batch]
-        statuses = [
-            Status(e.kenmerk, code, tijdstempel=e.tijdstempel)
-            for e in envelopes
-            for code in ("105", "100", "110")
-        ]
+    async def _commit(self, all_pending: list[_Pending]) -> None:
         async with self._pool.acquire() as conn, conn.transaction():
-            await insert_envelopes(conn, envelopes)
-            await write_statuses(conn, statuses)
+            batch = await self._resubmissions(conn, all_pending)
+            envelopes = [p.envelope for p in batch]
+            statuses = [
+                Status(e.kenmerk, code, tijdstempel=e.tijdstempel)
+                for e in envelopes
+                for code in ("105", "100", "110")
+            ]
+            if envelopes:
+                await insert_envelopes(conn, envelopes)
+                await write_statuses(conn, statuses)
+        # Committed: a resubmission answers with its original (committed before or in
+        # this very transaction; an original never handed off is the sweeper's).
+        for p in all_pending:
+            if p.original is not None:
+                p.future.set_result(Accepted(p.original.kenmerk, p.original.tijdstempel))
+        if not batch:
+            return
         metrics.INTAKE_BATCH.observe(len(batch))
         for code in ("105", "100", "110"):
             metrics.STATUSES.labels(code).inc(len(batch))
@@ -237,6 +268,44 @@ class Intake:
             task = asyncio.get_running_loop().create_task(self._mark(confirmed))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
+
+    async def _resubmissions(
+        self, conn: asyncpg.Connection, batch: list[_Pending]
+    ) -> list[_Pending]:
+        """Claim the keys of ``batch``; mark each resubmission with its original and
+        return the submissions that need a new envelope. Identical submissions in one
+        batch follow the first of them."""
+        leaders: dict[bytes, _Pending] = {}
+        followers: list[_Pending] = []
+        fresh: list[_Pending] = []
+        for p in batch:
+            if p.sleutel is None:
+                fresh.append(p)
+            elif p.sleutel in leaders:
+                followers.append(p)
+            else:
+                leaders[p.sleutel] = p
+        if not leaders:
+            return fresh
+        originals = await resubmission.claim(
+            conn,
+            {
+                k: resubmission.Original(p.envelope.kenmerk, p.envelope.tijdstempel)
+                for k, p in leaders.items()
+            },
+            window_seconds=self._window,
+        )
+        for k, p in leaders.items():
+            p.original = originals.get(k)
+            if p.original is None:
+                fresh.append(p)
+        for p in followers:
+            assert p.sleutel is not None
+            leader = leaders[p.sleutel]
+            p.original = leader.original or resubmission.Original(
+                leader.envelope.kenmerk, leader.envelope.tijdstempel
+            )
+        return fresh
 
     async def _mark(self, kenmerken: list[uuid.UUID]) -> None:
         try:

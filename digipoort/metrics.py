@@ -30,7 +30,8 @@ LATENCY_BUCKETS = (
 
 INTAKE = Counter(
     "digipoort_intake_total",
-    "Submissions handed to intake, by koppelvlak and outcome (accepted, refused, error).",
+    "Submissions handed to intake, by koppelvlak and outcome (accepted, resubmitted, refused,"
+    " error).",
     ["koppelvlak", "outcome"],
 )
 INTAKE_REFUSED = Counter(

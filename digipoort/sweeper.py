@@ -13,7 +13,7 @@ import asyncio
 import asyncpg
 import structlog
 
-from digipoort import metrics
+from digipoort import metrics, resubmission
 from digipoort.broker import VALIDATE, Broker
 from digipoort.envelopestore import mark_handed_off
 
@@ -51,10 +51,13 @@ async def run(
     grace_seconds: float,
     interval: float,
     stopping: asyncio.Event,
+    resubmission_window_seconds: float = 24 * 3600.0,
 ) -> None:
     while not stopping.is_set():
         try:
             await sweep_once(pool, broker, grace_seconds=grace_seconds)
+            # resubmission keys that fell out of the window match nothing any more
+            await resubmission.purge(pool, window_seconds=resubmission_window_seconds)
         except Exception as exc:
             log.error("sweep failed", error=str(exc))
         try:

@@ -40,6 +40,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -193,19 +194,22 @@ class SmtpSubmitter(Submitter):
     koppelvlak = "smtp"
 
     def __init__(self, settings: Settings, pki: Path, size: int, workdir: Path) -> None:
-        from adapters.smtp.client import build_mail
-
         self.settings = settings
         self.pki = pki
-        path = workdir / "cbs-detailhandel.xml"
-        path.write_bytes(document(size, "cbs-detailhandel.xml"))
-        self.mail = build_mail(
+        self.path = workdir / "cbs-detailhandel.xml"
+        self.path.write_bytes(document(size, "cbs-detailhandel.xml"))
+
+    def _mail(self, i: int) -> EmailMessage:
+        from adapters.smtp.client import build_mail
+
+        # a distinct aanleverkenmerk per mail: identical ones would be resubmissions
+        return build_mail(
             sender_oin=ALFA,
-            to=f"cbs-detailhandel@{settings.smtp.domain}",
-            file=path,
+            to=f"cbs-detailhandel@{self.settings.smtp.domain}",
+            file=self.path,
             mime_type="text/xml",
             ontvanger=None,
-            aanleverkenmerk="loadtest",
+            aanleverkenmerk=f"lt-{os.getpid()}-{i}",
         )
 
     async def submit(self, i: int) -> UUID:
@@ -214,7 +218,7 @@ class SmtpSubmitter(Submitter):
         s = self.settings.smtp
         kenmerk = await asyncio.to_thread(
             submit_mail,
-            self.mail,
+            self._mail(i),
             host="127.0.0.1" if s.host == "0.0.0.0" else s.host,
             port=s.port,
             cert=self.pki / f"{ALFA}.crt",

@@ -25,6 +25,7 @@ import os
 import signal
 import sys
 import time
+import uuid
 from datetime import timedelta
 from pathlib import Path
 
@@ -121,15 +122,21 @@ def sign_all(client: WusClient, count: int, size: int) -> list[bytes]:
     content = (SAMPLES / "omzetbelasting.xml").read_bytes()
     if size > len(content):
         content = content.replace(b"</", b"<!--" + b"x" * (size - len(content)) + b"--></", 1)
-    request = aanlever_request(
-        berichtsoort="Omzetbelasting",
-        belanghebbende=(ALFA, "OIN"),
-        inhoud=Bijlage("text/xml", "omzetbelasting.xml", content),
-        aanleverkenmerk="bench",
-    )
+    run = uuid.uuid4().hex[:12]
+    # a distinct aanleverkenmerk per request: identical ones would be resubmissions
     return [
-        client.sign(AANLEVER_PATH, ACTION, request, ttl=timedelta(minutes=10))[1]
-        for _ in range(count)
+        client.sign(
+            AANLEVER_PATH,
+            ACTION,
+            aanlever_request(
+                berichtsoort="Omzetbelasting",
+                belanghebbende=(ALFA, "OIN"),
+                inhoud=Bijlage("text/xml", "omzetbelasting.xml", content),
+                aanleverkenmerk=f"bench-{run}-{i}",
+            ),
+            ttl=timedelta(minutes=10),
+        )[1]
+        for i in range(count)
     ]
 
 

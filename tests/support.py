@@ -259,6 +259,11 @@ async def create_template(name: str, *, pg_admin: str = PG_ADMIN) -> None:
     await db.migrate_url(f"{pg_admin}/{name}")
 
 
+def unique_aanleverkenmerk(prefix: str = "test") -> str:
+    """An aanleverkenmerk no other submission shares (at most 40 characters)."""
+    return f"{prefix}-{uuid.uuid4().hex[:16]}"
+
+
 def aanlevering(
     berichtsoort: str = "Omzetbelasting",
     *,
@@ -267,9 +272,11 @@ def aanlevering(
     sample: str | None = "omzetbelasting.xml",
     ontvanger: str | None = None,
     koppelvlak: str = "wus",
-    aanleverkenmerk: str = "test",
+    aanleverkenmerk: str | None = None,
     bijlagen: tuple[Document, ...] = (),
 ) -> Aanlevering:
+    """A submission; a unique aanleverkenmerk unless one is given (two calls with the same
+    aanleverkenmerk and document are a resubmission: docs/reliability.md)."""
     if content is None:
         assert sample is not None
         content = (SAMPLES / sample).read_bytes()
@@ -281,6 +288,6 @@ def aanlevering(
         rol_belanghebbende="Bedrijf",
         inhoud=Document("text/xml", "bericht.xml", content=content),
         bijlagen=bijlagen,
-        aanleverkenmerk=aanleverkenmerk,
+        aanleverkenmerk=aanleverkenmerk or unique_aanleverkenmerk(),
         ontvanger=Identiteit(ontvanger, "OIN") if ontvanger else None,
     )

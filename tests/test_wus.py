@@ -46,7 +46,15 @@ from adapters.wus.wsdl import AANLEVER_PATH, STATUS_PATH
 from adapters.wus.wssecurity import sign_envelope
 from digipoort import metrics
 from digipoort.cli import main as cli_main
-from tests.support import ALFA, BELASTINGDIENST, BETA, SAMPLES, Env, wait_for
+from tests.support import (
+    ALFA,
+    BELASTINGDIENST,
+    BETA,
+    SAMPLES,
+    Env,
+    unique_aanleverkenmerk,
+    wait_for,
+)
 
 AANLEVER_ACTION = AANLEVERSERVICE_NS + "AanleverService/aanleverenRequest"
 STATUS_ACTION = STATUSINFORMATIESERVICE_NS + "StatusinformatieService/{}Request"
@@ -107,7 +115,7 @@ def omzetbelasting_request(**kw: Any) -> etree._Element:
         "berichtsoort": "Omzetbelasting",
         "belanghebbende": (ALFA, "OIN"),
         "inhoud": Bijlage("text/xml", "omzetbelasting.xml", OMZETBELASTING),
-        "aanleverkenmerk": "test-1",
+        "aanleverkenmerk": unique_aanleverkenmerk(),
     }
     args.update(kw)
     return aanlever_request(**args)
@@ -155,7 +163,9 @@ async def test_aanleveren_then_status_until_400_and_new_statuses_once(wus: Wus) 
     async with wus.client() as client:
         answer = await client.aanleveren(
             omzetbelasting_request(
-                ontvanger=(BELASTINGDIENST, "OIN"), autorisatie_adres="http://geenausp.nl"
+                ontvanger=(BELASTINGDIENST, "OIN"),
+                autorisatie_adres="http://geenausp.nl",
+                aanleverkenmerk="test-1",
             )
         )
         kenmerk = answer["kenmerk"]
