@@ -107,16 +107,21 @@ async def catalogue(request: web.Request) -> web.Response:
     return web.json_response({"items": items, "next_cursor": None})
 
 
-async def inbox(request: web.Request) -> web.Response:
+async def _paged(request: web.Request, list_page: Any) -> web.Response:
+    """One cursor page of ``list_page(ctx, caller, after=, limit=)`` as JSON."""
     q = query(request)
     ctx = ctx_of(request)
-    page = await recipients.inbox(
+    page = await list_page(
         ctx,
         caller(request),
         after=q.get("cursor") or None,
         limit=envelopes.page_limit(q, ctx.settings.portal.page_size),
     )
     return _page(page)
+
+
+async def inbox(request: web.Request) -> web.Response:
+    return await _paged(request, recipients.inbox)
 
 
 def _text(body: dict[str, Any], name: str) -> str | None:
@@ -160,15 +165,7 @@ async def dead_letters(request: web.Request) -> web.Response:
 
 
 async def audit(request: web.Request) -> web.Response:
-    q = query(request)
-    ctx = ctx_of(request)
-    page = await operator.audit_log(
-        ctx,
-        caller(request),
-        after=q.get("cursor") or None,
-        limit=envelopes.page_limit(q, ctx.settings.portal.page_size),
-    )
-    return _page(page)
+    return await _paged(request, operator.audit_log)
 
 
 async def live(request: web.Request) -> web.Response:

@@ -180,20 +180,18 @@ async def search(
     source = "envelopes e"
     if scope == "sent":
         conds.append(f"e.sender_oin = {arg(caller.oin)}")
-    if f.kenmerk is not None:
-        conds.append(f"e.kenmerk = {arg(f.kenmerk)}")
-    if f.sender is not None:
-        conds.append(f"e.sender_oin = {arg(f.sender)}")
-    if f.berichtsoort is not None:
-        conds.append(f"e.berichtsoort = {arg(f.berichtsoort)}")
-    if f.koppelvlak is not None:
-        conds.append(f"e.koppelvlak = {arg(f.koppelvlak)}")
-    if f.aanleverkenmerk is not None:
-        conds.append(f"e.aanleverkenmerk = {arg(f.aanleverkenmerk)}")
-    if f.since is not None:
-        conds.append(f"e.tijdstempel_aangeleverd >= {arg(f.since)}")
-    if f.until is not None:
-        conds.append(f"e.tijdstempel_aangeleverd < {arg(f.until)}")
+    # (column and operator, filter value): fixed SQL text, values only as placeholders
+    for column, value in (
+        ("e.kenmerk =", f.kenmerk),
+        ("e.sender_oin =", f.sender),
+        ("e.berichtsoort =", f.berichtsoort),
+        ("e.koppelvlak =", f.koppelvlak),
+        ("e.aanleverkenmerk =", f.aanleverkenmerk),
+        ("e.tijdstempel_aangeleverd >=", f.since),
+        ("e.tijdstempel_aangeleverd <", f.until),
+    ):
+        if value is not None:
+            conds.append(f"{column} {arg(value)}")
     if f.recipient is not None:
         conds.append(
             "EXISTS (SELECT 1 FROM deliveries d WHERE d.kenmerk = e.kenmerk"  # noqa: S608 - placeholders only
