@@ -17,15 +17,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aio_pika
 import pytest
 import pytest_asyncio
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
 
-from digipoort.broker import DEAD_QUEUE, DEAD_QUEUE_HEADER, DEAD_REASON, DEAD_STAGE
 from routing.deadletters import list_dead
 from tests.support import ALFA, BETA, CBS, HBAG, SAMPLES, wait_for
-from tests.test_portal_fixtures import OPERATOR, PortalRun, run  # noqa: F401
+from tests.test_portal_fixtures import OPERATOR, PortalRun, put_dead_letter, run  # noqa: F401
 
 CHROMIUM = Path("/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parent.parent
@@ -211,26 +209,6 @@ async def test_recipient_downloads_and_reports_500(browser: Browser, run: Portal
     await run.env.wait_status(uuid.UUID(kenmerk), "500", recipient=CBS)
 
 
-async def put_dead_letter(run: PortalRun, kenmerk: str) -> None:
-    connection = await aio_pika.connect(run.env.amqp_url)
-    try:
-        channel = await connection.channel()
-        await channel.default_exchange.publish(
-            aio_pika.Message(
-                json.dumps({"kenmerk": kenmerk}).encode(),
-                message_id=kenmerk,
-                headers={
-                    DEAD_STAGE: "route",
-                    DEAD_QUEUE_HEADER: "digipoort.route",
-                    DEAD_REASON: "routing table locked",
-                },
-            ),
-            routing_key=DEAD_QUEUE,
-        )
-    finally:
-        await connection.close()
-
-
 async def test_operator_finds_repushes_retries_and_audits(browser: Browser, run: PortalRun) -> None:
     async with run.session(ALFA) as s:
         from tests.test_portal import submit
@@ -244,7 +222,7 @@ async def test_operator_finds_repushes_retries_and_audits(browser: Browser, run:
         uuid.UUID(kenmerk),
         HBAG,
     )
-    await put_dead_letter(run, kenmerk)
+    await put_dead_letter(run.env.amqp_url, kenmerk)
     await wait_for(lambda: list_dead(run.env.amqp_url), what="the dead letter")
 
     page = await (await login(browser, run, OPERATOR)).new_page()
