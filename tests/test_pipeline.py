@@ -240,7 +240,9 @@ async def test_large_documents_validated_off_the_event_loop(env: Env) -> None:
     gw = await env.start_gateway()
     assert gw.intake is not None
     valid = (SAMPLES / "digiinkoop-factuur.xml").read_bytes()
-    big = valid.replace(b"<cbc:IssueDate>", b"<!--" + b"x" * 400_000 + b"-->\n  <cbc:IssueDate>", 1)
+    big = valid.replace(
+        b"<cbc:IssueDate>", b"<!--" + b"x" * 400_000 + b"-->\n  <cbc:IssueDate>", 1
+    )
     assert len(big) > 300_000 and big != valid
     ok = await gw.intake.aanleveren(aanlevering("DigiInkoop-Factuur", content=big))
     await env.wait_status(ok.kenmerk, "400", recipient=RIJKSDIENST_INKOOP)
