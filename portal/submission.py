@@ -73,7 +73,8 @@ async def _read_file(
             caller,
             413,
             "too-large",
-            f"{name}: groter dan {limit} bytes (maximum per bestand)",
+            f"{name}: groter dan {limit / 1048576:.1f} MiB ({limit} bytes),"
+            " het maximum per bestand",
             field=part.name,
             limit=limit,
         )

@@ -283,3 +283,27 @@ async def test_no_or_revoked_certificate_cannot_connect(
     # 401 would be the portal's own refusal after it: either way nothing of anyone's data
     assert stem == "revoked" and response is not None and response.status in (401, 503)
     await expect(page.get_by_role("heading", name="Mijn berichten")).to_have_count(0)
+
+
+async def test_too_large_upload_shows_a_clear_message(browser: Browser, run: PortalRun) -> None:
+    settings = run.env.settings.portal
+    default = settings.max_upload_bytes
+    settings.max_upload_bytes = 1024 * 1024  # read per request
+    try:
+        page = await (await login(browser, run, ALFA)).new_page()
+        await page.goto(run.url + "/submit")
+        await page.select_option("#berichtsoort", "CBS-Detailhandel")
+        await page.set_input_files("#document", str(SAMPLES / "cbs-detailhandel.xml"))
+        await page.set_input_files(
+            "#bijlage",
+            files=[
+                {"name": "scan.pdf", "mimeType": "application/pdf", "buffer": b"\0" * 1_300_000}
+            ],
+        )
+        await page.get_by_role("button", name="Aanleveren").click()
+        alert = page.get_by_role("alert")
+        await expect(alert).to_contain_text("scan.pdf: groter dan 1.0 MiB (1048576 bytes)")
+        assert "/envelopes/" not in page.url
+        await check_axe(page, "submit-too-large")
+    finally:
+        settings.max_upload_bytes = default
