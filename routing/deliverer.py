@@ -446,7 +446,7 @@ class Deliverer:
             breaker.failure(now)
         if breaker.state(now) != BreakerState.CLOSED:
             # opened, or opened again after a failed trial (while open, only trials run)
-            await self._breaker_opened(claim.recipient, now, reason)
+            await self._breaker_opened(claim.recipient, reason)
             delivery_metrics.CIRCUIT_OPEN.labels(claim.recipient).set(1)
             if was_closed:
                 bound.warning("deliverer: circuit breaker opened")
@@ -472,16 +472,16 @@ class Deliverer:
 
     # ------------------------------------------------------------------ breaker record
 
-    async def _breaker_opened(self, oin: str, at: datetime, reason: str) -> None:
+    async def _breaker_opened(self, oin: str, reason: str) -> None:
+        """Record an opening (the database's clock, the one the console compares with)."""
         try:
             await self._pool.execute(
                 "INSERT INTO circuit_breakers (recipient_oin, deliverer, opened_at,"
-                " reset_seconds, last_error) VALUES ($1, $2, $3, $4, $5)"
+                " reset_seconds, last_error) VALUES ($1, $2, now(), $3, $4)"
                 " ON CONFLICT (recipient_oin, deliverer) DO UPDATE SET"
-                " opened_at = $3, reset_seconds = $4, last_error = $5",
+                " opened_at = now(), reset_seconds = $3, last_error = $4",
                 oin,
                 self.instance,
-                at,
                 self._cfg.breaker_reset_seconds,
                 reason[:500],
             )
