@@ -84,9 +84,15 @@ async def download(request: web.Request) -> web.StreamResponse:
         }
     )
     await response.prepare(request)
-    async for chunk in doc.chunks:
-        await response.write(chunk)
-    await response.write_eof()
+    sent = 0
+    try:
+        async for chunk in doc.chunks:
+            await response.write(chunk)
+            sent += len(chunk)
+        await response.write_eof()
+    finally:
+        if doc.done is not None:  # a broken download is recorded as the part it was
+            await doc.done(sent)
     return response
 
 

@@ -7,6 +7,8 @@ CRLs are re-read while running (:mod:`portal.tls`).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -15,6 +17,7 @@ from aiohttp import web
 from digipoort.app import Gateway
 from digipoort.httpguard import GuardedSite, HttpGuard, HttpGuardConfig
 from digipoort.xmlsafe import XmlLimits
+from portal import metering
 from portal.app import application
 from portal.context import Context
 from portal.tls import PortalTls
@@ -71,9 +74,13 @@ async def start(gateway: Gateway) -> Callable[[], Awaitable[None]]:
     )
     await site.start()
     await tls.start()
+    closing = asyncio.get_running_loop().create_task(metering.closer(ctx))
     log.info("portal.listening", host=s.portal.host, port=s.portal.port)
 
     async def stop() -> None:
+        closing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await closing
         await tls.stop()
         await runner.cleanup()
         await ctx.validator.close()

@@ -7,13 +7,14 @@ someone else's kenmerk answers exactly like an unknown one (:func:`not_found`).
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
 import asyncpg
+import structlog
 
 from digipoort.registry import KOPPELVLAKKEN
 from portal import cursor
@@ -21,6 +22,10 @@ from portal.context import Context
 from portal.identity import Caller
 from portal.problems import Problem, clean_text, not_found
 from portal.validation import findings_from_details
+from routing.deliverer import open_breakers
+from routing.download import record_fetch
+
+log = structlog.get_logger(__name__)
 
 MAX_PAGE = 200
 #: a status code with fewer rows than this is searched from the code index
@@ -345,9 +350,7 @@ async def detail(ctx: Context, caller: Caller, kenmerk: UUID) -> dict[str, Any]:
 
 
 async def _operator_detail(ctx: Context, kenmerk: UUID) -> dict[str, Any]:
-    from portal.livestate import breaker_states
-
-    breakers = breaker_states()
+    breakers = await open_breakers(ctx.pool)
     deliveries = await ctx.pool.fetch(
         "SELECT recipient_oin, channel, state, attempts, next_attempt_at, last_error,"
         " created_at, delivered_at FROM deliveries WHERE kenmerk = $1 ORDER BY recipient_oin",
@@ -415,31 +418,56 @@ class Download:
     size: int
     sha256: str
     chunks: AsyncIterator[bytes]
+    #: called with the bytes sent once the response is written: a recipient's fetch of a
+    #: document delivered by reference (Grote Berichten) is recorded (``gb_fetches``, 402)
+    done: Callable[[int], Awaitable[None]] | None = None
 
 
 async def document(ctx: Context, caller: Caller, kenmerk: UUID, seq: int) -> Download:
     """A document of the envelope, for its sender or a recipient (Grote Berichten too:
-    streamed from the payload store, never whole in memory)."""
+    streamed from the payload store, never whole in memory). A recipient's download of a
+    document delivered by reference is a fetch like one from the Grote Berichten
+    endpoint: recorded in ``gb_fetches`` and, the first complete one, as status 402; an
+    expired reference answers 410 there and here."""
     a = await access(ctx, caller, kenmerk)
     if not (a.sender or a.recipient):
         raise not_found("document")
     row = await ctx.pool.fetchrow(
-        "SELECT mime_type, bestandsnaam, size, sha256, data FROM documents"
-        " WHERE kenmerk = $1 AND seq = $2",
+        "SELECT d.mime_type, d.bestandsnaam, d.size, d.sha256, d.data,"
+        " r.expires_at < now() AS expired, r.kenmerk IS NOT NULL AS by_reference"
+        " FROM documents d LEFT JOIN gb_references r ON r.kenmerk = d.kenmerk AND r.seq = d.seq"
+        " WHERE d.kenmerk = $1 AND d.seq = $2",
         kenmerk,
         seq,
     )
     if row is None:
         raise not_found("document")
+    fetch = a.recipient and bool(row["by_reference"])
+    if fetch and row["expired"]:
+        log.info("portal.reference_expired", kenmerk=str(kenmerk), seq=seq, recipient=caller.oin)
+        raise Problem(410, "expired", "de verwijzing naar dit document is verlopen")
     data: bytes | None = row["data"]
+    size = int(row["size"])
+    if data is None and await ctx.store.size(row["sha256"]) is None:
+        log.warning("portal.payload_missing", kenmerk=str(kenmerk), seq=seq)
+        raise Problem(410, "gone", "dit document wordt niet meer bewaard")
 
     async def chunks() -> AsyncIterator[bytes]:
         if data is not None:
             yield data
         else:
-            async for chunk in ctx.store.stream(row["sha256"], 0, int(row["size"])):
+            async for chunk in ctx.store.stream(row["sha256"], 0, size):
                 yield chunk
 
+    async def fetched(sent: int) -> None:
+        await record_fetch(ctx.pool, kenmerk, seq, caller.oin, sent, sent == size)
+        log.info("portal.fetch", kenmerk=str(kenmerk), seq=seq, recipient=caller.oin, bytes=sent)
+
     return Download(
-        row["bestandsnaam"], row["mime_type"], int(row["size"]), row["sha256"], chunks()
+        row["bestandsnaam"],
+        row["mime_type"],
+        size,
+        row["sha256"],
+        chunks(),
+        fetched if fetch else None,
     )

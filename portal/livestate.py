@@ -1,5 +1,6 @@
 """Live state for operators: queue depths, rates and consumers (RabbitMQ management API),
-circuit breakers and push deliveries waiting for retries, certificate and CRL expiry."""
+circuit breakers (as the deliverer processes record them in ``circuit_breakers``) and push
+deliveries waiting for retries, certificate and CRL expiry."""
 
 from __future__ import annotations
 
@@ -8,13 +9,13 @@ from typing import Any
 from urllib.parse import quote
 
 import structlog
-from prometheus_client import REGISTRY
 
 from digipoort.opsmetrics import expiry_dates
 from digipoort.provision import Management, vhost_of
 from portal.context import Context
 from portal.identity import Caller
 from portal.operator import require_operator
+from routing.deliverer import open_breakers
 
 log = structlog.get_logger(__name__)
 
@@ -22,20 +23,6 @@ _COLUMNS = (
     "name,messages,consumers,message_stats.publish_details.rate,"
     "message_stats.deliver_get_details.rate"
 )
-
-
-def breaker_states() -> dict[str, str]:
-    """Circuit breaker per push recipient, as the deliverer of this process reports
-    (``digipoort_circuit_breaker_open``); empty where no deliverer runs."""
-    states: dict[str, str] = {}
-    for metric in REGISTRY.collect():
-        if metric.name != "digipoort_circuit_breaker_open":
-            continue
-        for sample in metric.samples:
-            oin = sample.labels.get("endpoint")
-            if oin:
-                states[oin] = "open" if sample.value else "closed"
-    return states
 
 
 def _rate(q: dict[str, Any], key: str) -> float:
@@ -81,6 +68,7 @@ async def live_state(ctx: Context, caller: Caller) -> dict[str, Any]:
         " WHERE state = 'pending' AND channel IN ('wus', 'smtp') AND attempts > 0"
         " GROUP BY recipient_oin ORDER BY recipient_oin"
     )
+    breakers = await open_breakers(ctx.pool)
     now = datetime.now(UTC)
     expiry = [
         {
@@ -94,7 +82,7 @@ async def live_state(ctx: Context, caller: Caller) -> dict[str, Any]:
     return {
         "queues": found,
         "queues_problem": problem,
-        "breakers": [{"recipient": k, "state": v} for k, v in sorted(breaker_states().items())],
+        "breakers": [{"recipient": k, "state": v} for k, v in sorted(breakers.items())],
         "retrying": [
             {
                 "recipient": r["recipient_oin"],

@@ -36,42 +36,68 @@ def _portal_soorten(request: web.Request) -> list[str]:
     )
 
 
+def _submit_page(request: web.Request, error: str | None, status: int = 200) -> web.Response:
+    cfg = ctx_of(request).settings.portal
+    data = {
+        "soorten": _portal_soorten(request),
+        "error": error,
+        "max_upload_bytes": cfg.max_upload_bytes,
+        "max_bijlagen": cfg.max_bijlagen,
+    }
+    return render(request, "submit.html", data, status=status)
+
+
 async def submit_form(request: web.Request) -> web.Response:
-    return render(request, "submit.html", {"soorten": _portal_soorten(request), "error": None})
+    return _submit_page(request, None)
+
+
+#: refusals shown on the form itself (too large, too many bijlagen, refused, …), so the
+#: user sees what to change; anything else gets the error page
+FORM_ERRORS = (400, 413, 422)
 
 
 async def submit(request: web.Request) -> web.StreamResponse:
-    upload = await upload_from(request, in_memory=False)
     try:
+        upload = await upload_from(request, in_memory=False)
         result = await submission.submit(ctx_of(request), caller(request), upload)
     except Problem as exc:
-        if exc.status not in (413, 422):
+        if exc.status not in FORM_ERRORS or exc.kind == "csrf":
             raise
-        return render(
-            request,
-            "submit.html",
-            {"soorten": _portal_soorten(request), "error": exc.detail},
-            status=exc.status,
-        )
+        return _submit_page(request, exc.detail, exc.status)
     raise web.HTTPSeeOther(f"/envelopes/{result['kenmerk']}")
 
 
+def _sendable(request: web.Request) -> list[str]:
+    return ctx_of(request).registry.berichtsoorten_for_sender(caller(request).oin)
+
+
 async def validate_form(request: web.Request) -> web.Response:
-    soorten = ctx_of(request).registry.berichtsoorten_for_sender(caller(request).oin)
-    return render(request, "validate.html", {"soorten": soorten, "result": None})
+    return render(
+        request, "validate.html", {"soorten": _sendable(request), "result": None, "error": None}
+    )
 
 
 async def validate(request: web.Request) -> web.Response:
-    upload = await upload_from(request, in_memory=True)
+    try:
+        upload = await upload_from(request, in_memory=True)
+    except Problem as exc:
+        if exc.status not in FORM_ERRORS or exc.kind == "csrf":
+            raise
+        return render(
+            request,
+            "validate.html",
+            {"soorten": _sendable(request), "result": None, "error": exc.detail},
+            status=exc.status,
+        )
     findings = await submission.validate_only(ctx_of(request), caller(request), upload)
-    soorten = ctx_of(request).registry.berichtsoorten_for_sender(caller(request).oin)
+    soorten = _sendable(request)
     result = {
         "berichtsoort": upload.fields.get("berichtsoort"),
         "bestandsnaam": upload.document.bestandsnaam if upload.document else "",
         "findings": findings,
         "valid": submission.is_valid(findings),
     }
-    return render(request, "validate.html", {"soorten": soorten, "result": result})
+    return render(request, "validate.html", {"soorten": soorten, "result": result, "error": None})
 
 
 async def catalogue(request: web.Request) -> web.Response:

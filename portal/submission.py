@@ -9,6 +9,7 @@ from typing import Any
 
 import structlog
 from aiohttp import BodyPartReader, MultipartReader
+from prometheus_client import Counter
 
 from digipoort.envelope import Aanlevering, Document, Identiteit
 from digipoort.intake import IntakeRefused, IntakeUnavailable
@@ -24,7 +25,21 @@ log = structlog.get_logger(__name__)
 
 KOPPELVLAK = "portal"
 _FIELD_LIMIT = 4096
+_MAX_FIELDS = 20
 _MEMORY_LIMIT = 256 * 1024  # larger uploads stream to the payload store
+
+UPLOADS_REFUSED = Counter(
+    "digipoort_portal_uploads_refused_total",
+    "Portal uploads (submit, validate) refused while reading the form, by reason.",
+    ["reason"],
+)
+
+
+def _refused(caller: Caller, status: int, reason: str, detail: str, **info: Any) -> Problem:
+    """The refusal of an upload: counted, logged (no content), answered 413/400."""
+    UPLOADS_REFUSED.labels(reason).inc()
+    log.warning("portal.upload_refused", oin=caller.oin, reason=reason, **info)
+    return Problem(status, reason, detail)
 
 
 @dataclass
@@ -42,18 +57,33 @@ def _safe_name(raw: str | None) -> str:
 
 
 async def _read_file(
-    part: BodyPartReader, store: PayloadStore, limit: int, in_memory: bool
+    part: BodyPartReader, store: PayloadStore, limit: int, in_memory: bool, caller: Caller
 ) -> Document:
+    """One uploaded file: in memory up to 256 KiB (or whole for validate-only, which
+    needs the bytes), beyond that streamed to the payload store chunk by chunk; never
+    more than ``limit`` bytes."""
     mime = (part.headers.get("Content-Type") or "application/octet-stream")[:100]
     name = _safe_name(part.filename)
     buffer = bytearray()
     writer = None
     total = 0
+
+    def too_large() -> Problem:
+        return _refused(
+            caller,
+            413,
+            "too-large",
+            f"{name}: groter dan {limit / 1048576:.1f} MiB ({limit} bytes),"
+            " het maximum per bestand",
+            field=part.name,
+            limit=limit,
+        )
+
     try:
         while chunk := await part.read_chunk(64 * 1024):
             total += len(chunk)
             if total > limit:
-                raise Problem(413, "too-large", f"{name}: groter dan {limit} bytes")
+                raise too_large()
             if writer is None:
                 buffer += chunk
                 if len(buffer) > _MEMORY_LIMIT and not in_memory:
@@ -68,10 +98,22 @@ async def _read_file(
             return Document(mime, name, blob=blob)
         return Document(mime, name, content=bytes(buffer))
     except PayloadTooLarge:
-        raise Problem(413, "too-large", f"{name}: groter dan {limit} bytes") from None
+        raise too_large() from None
     finally:
         if writer is not None:
             await writer.abort()
+
+
+async def _read_field(part: BodyPartReader, caller: Caller) -> bytes:
+    """A text field of the form, at most ``_FIELD_LIMIT`` bytes (never read whole first)."""
+    raw = bytearray()
+    while chunk := await part.read_chunk(_FIELD_LIMIT + 1):
+        raw += chunk
+        if len(raw) > _FIELD_LIMIT:
+            raise _refused(
+                caller, 413, "too-large", "formulierveld te groot", field=(part.name or "")[:40]
+            )
+    return bytes(part.decode(raw))
 
 
 async def read_upload(
@@ -104,21 +146,25 @@ async def read_upload(
         if not checked:
             if name != CSRF_FIELD:
                 csrf.check(caller, None)
-            csrf.check(caller, (await part.read(decode=True))[:100].decode("ascii", "replace"))
+            csrf.check(caller, (await _read_field(part, caller))[:100].decode("ascii", "replace"))
             checked = True
             continue
         if name in ("document", "bijlage"):
             if name == "bijlage" and len(bijlagen) >= cfg.max_bijlagen:
-                raise Problem(413, "too-many-bijlagen", f"maximaal {cfg.max_bijlagen} bijlagen")
-            doc = await _read_file(part, ctx.store, cfg.max_upload_bytes, in_memory)
+                raise _refused(
+                    caller, 413, "too-many-bijlagen", f"maximaal {cfg.max_bijlagen} bijlagen"
+                )
+            if name == "document" and document is not None:
+                raise _refused(caller, 400, "bad-form", "één document per aanlevering")
+            doc = await _read_file(part, ctx.store, cfg.max_upload_bytes, in_memory, caller)
             if name == "document":
                 document = doc
             elif doc.size or doc.bestandsnaam != "document":
                 bijlagen.append(doc)
             continue
-        value = await part.read(decode=True)
-        if len(value) > _FIELD_LIMIT or len(fields) > 20:
-            raise Problem(413, "too-large", "formulierveld te groot")
+        if len(fields) >= _MAX_FIELDS:
+            raise _refused(caller, 413, "too-large", "te veel formuliervelden")
+        value = await _read_field(part, caller)
         fields[name[:40]] = clean_text(name[:40], value.decode("utf-8", "replace").strip())
     if not checked:
         csrf.check(caller, None)

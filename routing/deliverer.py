@@ -23,7 +23,9 @@ where it stood:
   the refusal's foutcode (``AFS620``) at once, ``state = 'failed'``;
 * a circuit breaker per endpoint (recipient OIN), in memory per process, stops attempts
   to a recipient after ``breaker_failures`` consecutive failures for
-  ``breaker_reset_seconds``, then lets one trial through.
+  ``breaker_reset_seconds``, then lets one trial through. Each opening is recorded in
+  ``circuit_breakers`` (removed when it closes or the deliverer stops), so the operator
+  console of another process shows the real state (:func:`open_breakers`).
 
 The loop wakes on ``LISTEN digipoort_deliveries`` (a trigger on new push deliveries), at
 the next due time, or after ``poll_interval`` seconds.
@@ -33,7 +35,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
+import socket
+import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -184,6 +189,8 @@ class Deliverer:
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._listener: asyncpg.Connection | None = None
+        #: this deliverer in ``circuit_breakers`` (several processes may deliver)
+        self.instance = f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -201,6 +208,10 @@ class Deliverer:
         self._wake.set()
         if self._task is not None:
             await self._task
+        with contextlib.suppress(Exception):  # its breakers end with it
+            await self._pool.execute(
+                "DELETE FROM circuit_breakers WHERE deliverer = $1", self.instance
+            )
         if self._listener is not None:
             with contextlib.suppress(Exception):
                 await self._listener.close()
@@ -344,6 +355,8 @@ class Deliverer:
                 await write_statuses(
                     conn, [Status(claim.kenmerk, "400", recipient_oin=claim.recipient)]
                 )
+        if breaker.state(_now()) != BreakerState.CLOSED:
+            await self._breaker_closed(claim.recipient)
         breaker.success()
         delivery_metrics.CIRCUIT_OPEN.labels(claim.recipient).set(0)
         delivery_metrics.ATTEMPTS.labels(claim.recipient, "delivered").inc()
@@ -425,11 +438,15 @@ class Deliverer:
                 await write_statuses(conn, statuses)
         was_closed = breaker.state(now) == BreakerState.CLOSED
         if refused is not None:  # the endpoint is up and answered: not a breaker failure
+            if not was_closed:
+                await self._breaker_closed(claim.recipient)
             breaker.success()
             delivery_metrics.CIRCUIT_OPEN.labels(claim.recipient).set(0)
         else:
             breaker.failure(now)
         if breaker.state(now) != BreakerState.CLOSED:
+            # opened, or opened again after a failed trial (while open, only trials run)
+            await self._breaker_opened(claim.recipient, reason)
             delivery_metrics.CIRCUIT_OPEN.labels(claim.recipient).set(1)
             if was_closed:
                 bound.warning("deliverer: circuit breaker opened")
@@ -452,6 +469,46 @@ class Deliverer:
                 reason=reason,
                 retry_at=decision.retry_at.isoformat(),
             )
+
+    # ------------------------------------------------------------------ breaker record
+
+    async def _breaker_opened(self, oin: str, reason: str) -> None:
+        """Record an opening (the database's clock, the one the console compares with)."""
+        try:
+            await self._pool.execute(
+                "INSERT INTO circuit_breakers (recipient_oin, deliverer, opened_at,"
+                " reset_seconds, last_error) VALUES ($1, $2, now(), $3, $4)"
+                " ON CONFLICT (recipient_oin, deliverer) DO UPDATE SET"
+                " opened_at = now(), reset_seconds = $3, last_error = $4",
+                oin,
+                self.instance,
+                self._cfg.breaker_reset_seconds,
+                reason[:500],
+            )
+        except (OSError, asyncpg.PostgresError) as exc:  # the breaker itself still works
+            log.warning("deliverer: breaker state not recorded", recipient=oin, error=repr(exc))
+
+    async def _breaker_closed(self, oin: str) -> None:
+        try:
+            await self._pool.execute(
+                "DELETE FROM circuit_breakers WHERE recipient_oin = $1 AND deliverer = $2",
+                oin,
+                self.instance,
+            )
+        except (OSError, asyncpg.PostgresError) as exc:
+            log.warning("deliverer: breaker state not recorded", recipient=oin, error=repr(exc))
+
+
+async def open_breakers(conn: asyncpg.Pool | asyncpg.Connection) -> dict[str, str]:
+    """The breakers that are not closed, per recipient, as the deliverers recorded them:
+    ``open``, or ``half_open`` once ``reset_seconds`` have passed (the next attempt is a
+    trial). Where several deliverer processes hold a breaker for one recipient, any open
+    one shows as open."""
+    rows = await conn.fetch(
+        "SELECT recipient_oin, bool_or(now() < opened_at + make_interval(secs => reset_seconds))"
+        " AS open FROM circuit_breakers GROUP BY recipient_oin"
+    )
+    return {r["recipient_oin"]: "open" if r["open"] else "half_open" for r in rows}
 
 
 def _now() -> datetime:

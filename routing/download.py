@@ -142,28 +142,33 @@ class Download:
     async def _record(
         self, kenmerk: UUID, seq: int, oin: str, sent: int, reached_end: bool
     ) -> None:
-        async with self._pool.acquire() as conn, conn.transaction():
-            first = await conn.fetchval(
-                "INSERT INTO gb_fetches (kenmerk, seq, recipient_oin, requests, bytes_sent,"
-                " first_complete_at) VALUES ($1, $2, $3, 1, $4, CASE WHEN $5 THEN now() END)"
-                " ON CONFLICT (kenmerk, seq, recipient_oin) DO UPDATE SET"
-                " requests = gb_fetches.requests + 1,"
-                " bytes_sent = gb_fetches.bytes_sent + $4, last_fetch_at = now(),"
-                " first_complete_at = coalesce(gb_fetches.first_complete_at,"
-                "   CASE WHEN $5 THEN now() END)"
-                " RETURNING first_complete_at IS NOT NULL AND requests >= 1",
-                kenmerk,
-                seq,
-                oin,
-                sent,
-                reached_end,
+        await record_fetch(self._pool, kenmerk, seq, oin, sent, reached_end)
+
+
+async def record_fetch(
+    pool: asyncpg.Pool, kenmerk: UUID, seq: int, oin: str, sent: int, reached_end: bool
+) -> None:
+    """One fetch of a document delivered by reference, in ``gb_fetches``; the first
+    complete fetch by a recipient is recorded in the history (402). Every download path
+    (this endpoint and the portal's download) records through this function."""
+    async with pool.acquire() as conn, conn.transaction():
+        first = await conn.fetchval(
+            "INSERT INTO gb_fetches (kenmerk, seq, recipient_oin, requests, bytes_sent,"
+            " first_complete_at) VALUES ($1, $2, $3, 1, $4, CASE WHEN $5 THEN now() END)"
+            " ON CONFLICT (kenmerk, seq, recipient_oin) DO UPDATE SET"
+            " requests = gb_fetches.requests + 1,"
+            " bytes_sent = gb_fetches.bytes_sent + $4, last_fetch_at = now(),"
+            " first_complete_at = coalesce(gb_fetches.first_complete_at,"
+            "   CASE WHEN $5 THEN now() END)"
+            " RETURNING first_complete_at IS NOT NULL AND requests >= 1",
+            kenmerk,
+            seq,
+            oin,
+            sent,
+            reached_end,
+        )
+        if first and reached_end:
+            await write_statuses(
+                conn,
+                [Status(kenmerk, "402", recipient_oin=oin, details=f"document {seq} opgehaald")],
             )
-            if first and reached_end:
-                await write_statuses(
-                    conn,
-                    [
-                        Status(
-                            kenmerk, "402", recipient_oin=oin, details=f"document {seq} opgehaald"
-                        )
-                    ],
-                )

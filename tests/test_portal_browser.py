@@ -17,15 +17,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aio_pika
 import pytest
 import pytest_asyncio
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
 
-from digipoort.broker import DEAD_QUEUE, DEAD_QUEUE_HEADER, DEAD_REASON, DEAD_STAGE
 from routing.deadletters import list_dead
 from tests.support import ALFA, BETA, CBS, HBAG, SAMPLES, wait_for
-from tests.test_portal_fixtures import OPERATOR, PortalRun, run  # noqa: F401
+from tests.test_portal_fixtures import OPERATOR, PortalRun, put_dead_letter, run  # noqa: F401
 
 CHROMIUM = Path("/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parent.parent
@@ -211,26 +209,6 @@ async def test_recipient_downloads_and_reports_500(browser: Browser, run: Portal
     await run.env.wait_status(uuid.UUID(kenmerk), "500", recipient=CBS)
 
 
-async def put_dead_letter(run: PortalRun, kenmerk: str) -> None:
-    connection = await aio_pika.connect(run.env.amqp_url)
-    try:
-        channel = await connection.channel()
-        await channel.default_exchange.publish(
-            aio_pika.Message(
-                json.dumps({"kenmerk": kenmerk}).encode(),
-                message_id=kenmerk,
-                headers={
-                    DEAD_STAGE: "route",
-                    DEAD_QUEUE_HEADER: "digipoort.route",
-                    DEAD_REASON: "routing table locked",
-                },
-            ),
-            routing_key=DEAD_QUEUE,
-        )
-    finally:
-        await connection.close()
-
-
 async def test_operator_finds_repushes_retries_and_audits(browser: Browser, run: PortalRun) -> None:
     async with run.session(ALFA) as s:
         from tests.test_portal import submit
@@ -244,7 +222,7 @@ async def test_operator_finds_repushes_retries_and_audits(browser: Browser, run:
         uuid.UUID(kenmerk),
         HBAG,
     )
-    await put_dead_letter(run, kenmerk)
+    await put_dead_letter(run.env.amqp_url, kenmerk)
     await wait_for(lambda: list_dead(run.env.amqp_url), what="the dead letter")
 
     page = await (await login(browser, run, OPERATOR)).new_page()
@@ -305,3 +283,27 @@ async def test_no_or_revoked_certificate_cannot_connect(
     # 401 would be the portal's own refusal after it: either way nothing of anyone's data
     assert stem == "revoked" and response is not None and response.status in (401, 503)
     await expect(page.get_by_role("heading", name="Mijn berichten")).to_have_count(0)
+
+
+async def test_too_large_upload_shows_a_clear_message(browser: Browser, run: PortalRun) -> None:
+    settings = run.env.settings.portal
+    default = settings.max_upload_bytes
+    settings.max_upload_bytes = 1024 * 1024  # read per request
+    try:
+        page = await (await login(browser, run, ALFA)).new_page()
+        await page.goto(run.url + "/submit")
+        await page.select_option("#berichtsoort", "CBS-Detailhandel")
+        await page.set_input_files("#document", str(SAMPLES / "cbs-detailhandel.xml"))
+        await page.set_input_files(
+            "#bijlage",
+            files=[
+                {"name": "scan.pdf", "mimeType": "application/pdf", "buffer": b"\0" * 1_300_000}
+            ],
+        )
+        await page.get_by_role("button", name="Aanleveren").click()
+        alert = page.get_by_role("alert")
+        await expect(alert).to_contain_text("scan.pdf: groter dan 1.0 MiB (1048576 bytes)")
+        assert "/envelopes/" not in page.url
+        await check_axe(page, "submit-too-large")
+    finally:
+        settings.max_upload_bytes = default
