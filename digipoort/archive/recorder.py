@@ -218,6 +218,7 @@ class Exchange:
         self._certificates = certificates
         self._first = True
         self.active = recorder is not None
+        self.started = False  # something was received: answers are archived from now on
 
     async def received(self, kind: str, payload: bytes, **facts: Any) -> bool:
         """What came in (before it is acted on). A WUS operation outside
@@ -226,10 +227,14 @@ class Exchange:
         if recorder is not None and kind == "wus.request":
             if facts.get("operation") not in recorder.wus_operations:
                 self.active = False
+        self.started = True
         return await self._record(kind, payload, facts)
 
     async def answered(self, kind: str, payload: bytes, **facts: Any) -> bool:
-        """What goes out (before it is sent)."""
+        """What goes out (before it is sent); nothing when nothing was received (a request
+        refused before it was authenticated is not evidence of anything)."""
+        if not self.started:
+            return True
         return await self._record(kind, payload, facts)
 
     async def _record(self, kind: str, payload: bytes, facts: dict[str, Any]) -> bool:
