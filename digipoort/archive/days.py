@@ -82,15 +82,18 @@ class _Hashing:
             self.digest.update(chunk)
 
 
-def summarise(path: Path, *, limit: int | None = None) -> SegmentSummary:
+def summarise(path: Path, *, day: str | None = None, limit: int | None = None) -> SegmentSummary:
     """Walk the segment's chain (every payload hashed). A write cut short at the end of the
     file (a crash before fsync: never acknowledged) ends the segment; any other fault
-    raises :class:`SegmentDamaged`. ``limit``: the length a manifest recorded."""
+    raises :class:`SegmentDamaged`, as does an entry written on another ``day`` than its
+    directory's (moved). ``limit``: the length a manifest recorded."""
     with open(path, "rb") as raw:
         fh = _Hashing(raw)
         head, entries, length = genesis(path.name), 0, 0
         try:
             for entry in read_entries(fh, path.name, limit=limit):  # type: ignore[arg-type]
+                if day is not None and not str(entry.header.get("at", "")).startswith(day):
+                    raise SegmentDamaged("entry written on another day", entry.offset, entries)
                 head, entries = entry.hash, entries + 1
                 length = entry.payload_offset + int(entry.header["len"]) + 1
         except SegmentDamaged as damage:

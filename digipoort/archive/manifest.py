@@ -137,7 +137,7 @@ def close_day(settings: Settings, day: str, *, now: datetime | None = None) -> b
         summaries = []
         for path in segment_files(day_dir):
             try:
-                summaries.append(summarise(path))
+                summaries.append(summarise(path, day=day))
             except SegmentDamaged as damage:
                 metrics.DAYS.labels("close_failed").inc()
                 log.error("archive.close_refused", day=day, segment=path.name, error=str(damage))

@@ -107,7 +107,7 @@ def _verify_open(day: str, day_dir: Path) -> DayReport:
     for path in segment_files(day_dir):
         report.segments += 1
         try:
-            s = summarise(path)
+            s = summarise(path, day=day)
         except SegmentDamaged as damage:
             report.problems.append(f"{path.name}: {damage}")
             continue
@@ -164,7 +164,7 @@ def _verify_closed(settings: Settings, day: str, day_dir: Path) -> DayReport:
             report.problems.append(f"{name}: listed in the manifest but missing")
             continue
         try:
-            s = summarise(day_dir / name, limit=int(line["length"]))
+            s = summarise(day_dir / name, day=day, limit=int(line["length"]))
         except (SegmentDamaged, ValueError, KeyError) as damage:
             report.problems.append(f"{name}: {damage}")
             continue
