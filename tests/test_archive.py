@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from cryptography import x509
 
 from digipoort.archive import manifest, recorder, writer
 from digipoort.archive.days import MANIFEST, SIGNATURE, segment_files
@@ -94,7 +95,7 @@ async def test_records_are_chained_and_an_open_day_verifies(
 
 
 async def test_a_closed_day_verifies_and_is_read_only(
-    settings: Settings, cfg: Path, on_day: None, monkeypatch: pytest.MonkeyPatch
+    settings: Settings, cfg: Path, on_day: None, monkeypatch: pytest.MonkeyPatch, pki_dir: Path
 ) -> None:
     kenmerk = str(uuid.uuid4())
     await _exchange(settings, kenmerk)
@@ -108,7 +109,9 @@ async def test_a_closed_day_verifies_and_is_read_only(
     code, out = _cli(cfg, "verify", "--day", DAY, "--json")
     [day] = json.loads(out)["days"]
     assert code == 0 and day["ok"] and day["state"] == "closed" and day["entries"] == 2
-    assert day["signed_at"] and "server" in (day["signer"] or "").lower() or day["signer"]
+    server = x509.load_pem_x509_certificates((pki_dir / "server.crt").read_bytes())[0]
+    assert day["signer"] == server.subject.rfc4514_string()
+    assert day["signed_at"][:10] == datetime.now(UTC).date().isoformat()  # the close time
     # closing again changes nothing
     assert manifest.close_day(settings, DAY) is False
 

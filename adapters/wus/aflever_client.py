@@ -122,8 +122,6 @@ class AfleverClient:
         headers = {"Content-Type": "text/xml; charset=utf-8", "SOAPAction": f'"{AFLEVER_ACTION}"'}
         try:
             async with self._http().post(url, data=request, headers=headers) as response:
-                tls = response.connection.transport if response.connection else None
-                archived = self._archive.exchange("wus", transport=tls)
                 if (response.content_length or 0) > MAX_RESPONSE:
                     raise DeliveryFailed(f"antwoord te groot (HTTP {response.status})")
                 answer = await response.content.read(MAX_RESPONSE + 1)
@@ -140,6 +138,9 @@ class AfleverClient:
         if len(answer) > MAX_RESPONSE:
             raise DeliveryFailed("antwoord te groot")
         self.check_response(status, answer, message_id, recipient_oin, kenmerk)
+        # the receipt is signed by the recipient (its certificate in the receipt's
+        # BinarySecurityToken); aiohttp has released the connection by now: no TLS facts
+        archived = self._archive.exchange("wus")
         sent = {"url": redact_url(url), "request_sha256": hashlib.sha256(request).hexdigest()}
         if not await archived.received(
             "aflever.wus.receipt", answer, oin=recipient_oin, kenmerk=kenmerk, **sent
