@@ -8,17 +8,22 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import threading
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from digipoort.archive import manifest, recorder, writer
-from digipoort.archive.days import MANIFEST, SIGNATURE, segment_files
+from digipoort.archive.cms import load_identity
+from digipoort.archive.days import MANIFEST, SIGNATURE, TIMESTAMP, segment_files
+from digipoort.archive.tsa import issue_token
 from digipoort.archive.verify import verify
 from digipoort.cli import main as cli_main
 from digipoort.config import Settings, load_settings
@@ -263,3 +268,44 @@ def test_segments_are_created_exclusively(settings: Settings) -> None:
             os.open(seg.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
     finally:
         seg.close()
+
+
+@pytest.fixture
+def tsa(pki_dir: Path) -> Iterator[str]:
+    """A minimal RFC 3161 TSA over HTTP (digipoort.archive.tsa.issue_token)."""
+    key, certs = load_identity(pki_dir / "server.crt", pki_dir / "server.key")
+    assert isinstance(key, rsa.RSAPrivateKey)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            answer = issue_token(body, key, certs[0])
+            self.send_response(200)
+            self.send_header("Content-Type", "application/timestamp-reply")
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/tsa"
+    server.shutdown()
+    server.server_close()
+
+
+async def test_manifest_time_stamped_by_a_tsa(
+    tmp_path: Path, pki_dir: Path, tsa: str, on_day: None
+) -> None:
+    settings = load_settings(_config(tmp_path, pki_dir, tsa_url=tsa))
+    await _exchange(settings, str(uuid.uuid4()))
+    assert manifest.close_day(settings, DAY)
+    [report] = verify(settings, DAY)
+    assert report.ok and report.timestamped, report.problems
+    token = settings.resolve(settings.archive.dir) / DAY / TIMESTAMP
+    _flip(token, len(token.read_bytes()) - 1)  # in the TSA's signature value
+    [report] = verify(settings, DAY)
+    assert not report.ok and any("time-stamp" in p for p in report.problems)

@@ -57,8 +57,10 @@ def sign_detached(
     return builder.sign(Encoding.DER, options)
 
 
-def verify_detached(data: bytes, signature_der: bytes) -> Signed:
-    """Check the signature over ``data``; return the signer (its trust is the caller's)."""
+def verify_detached(data: bytes, signature_der: bytes, *, content_type: str = "data") -> Signed:
+    """Check the signature over ``data``; return the signer (its trust is the caller's).
+    ``content_type``: the contentType signed attribute expected (``tst_info`` for an RFC
+    3161 token)."""
     try:
         info = cms.ContentInfo.load(signature_der, strict=True)
         if info["content_type"].native != "signed_data":
@@ -87,8 +89,8 @@ def verify_detached(data: bytes, signature_der: bytes) -> Signed:
             digest, hashlib.sha256(data).digest()
         ):
             raise SignatureInvalid("the manifest does not match the signed digest")
-        if found.get("content_type") != "data":
-            raise SignatureInvalid("contentType is not id-data")
+        if found.get("content_type") != content_type:
+            raise SignatureInvalid(f"contentType is not {content_type}")
         signed = b"\x31" + attrs.dump()[1:]  # DER SET OF, not the [0] IMPLICIT tag
         _check(signer, si, signed)
         when = found.get("signing_time")
