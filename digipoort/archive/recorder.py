@@ -20,6 +20,7 @@ the certificates themselves are written once per segment.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import uuid
 from collections import OrderedDict
@@ -264,6 +265,16 @@ class Exchange:
 _DISABLED = Recorder(None)
 _recorders: dict[Path, Recorder] = {}
 _recorders_lock = threading.Lock()
+
+
+def _forget_in_child() -> None:
+    """A forked child never shares its parent's segment (one writer per segment)."""
+    global _recorders_lock
+    _recorders.clear()
+    _recorders_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
 
 
 def disabled() -> Recorder:
