@@ -102,6 +102,9 @@ def show(
             for key, value in sorted((e.get("facts") or {}).items()):
                 click.echo(f"   {key}: {_short(value)}")
             if e["kind"] == "certificate":
+                details = e.get("certificate")
+                for key, value in details.items() if isinstance(details, dict) else []:
+                    click.echo(f"   {key}: {value}")
                 continue
             if "payload" in e:
                 click.echo("   ---")

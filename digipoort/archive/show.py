@@ -13,6 +13,8 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+
 from digipoort.archive.days import day_dirs, segment_files
 from digipoort.archive.records import Entry, SegmentDamaged, read_entries, read_payload
 from digipoort.config import Settings
@@ -51,6 +53,19 @@ class Found:
             "bytes": h.get("len"),
             "sha256": h.get("sha256"),
         }
+        if self.entry.kind == "certificate":
+            try:
+                cert = x509.load_der_x509_certificate(self.payload())
+            except ValueError:
+                out["certificate"] = "not a certificate"
+            else:
+                out["certificate"] = {
+                    "subject": cert.subject.rfc4514_string(),
+                    "issuer": cert.issuer.rfc4514_string(),
+                    "serial": format(cert.serial_number, "x"),
+                    "not_after": cert.not_valid_after_utc.isoformat(),
+                }
+            return out
         if inline and int(h.get("len", 0)) <= INLINE_LIMIT:
             data = self.payload()
             try:
