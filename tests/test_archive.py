@@ -309,3 +309,20 @@ async def test_manifest_time_stamped_by_a_tsa(
     _flip(token, len(token.read_bytes()) - 1)  # in the TSA's signature value
     [report] = verify(settings, DAY)
     assert not report.ok and any("time-stamp" in p for p in report.problems)
+
+
+async def test_after_a_failed_write_the_next_record_goes_to_a_fresh_segment(
+    settings: Settings, on_day: None
+) -> None:
+    rec = recorder(settings)
+    await _exchange(settings, str(uuid.uuid4()))
+    assert rec._writer is not None and rec._writer._segment is not None
+    os.close(rec._writer._segment.fd)  # the disk "fails" under the writer (EBADF)
+    failed = rec.exchange("wus")
+    assert await failed.received("wus.request", b"lost", operation="aanleveren") is False
+    await _exchange(settings, str(uuid.uuid4()))
+    day_dir = settings.resolve(settings.archive.dir) / DAY
+    assert len(segment_files(day_dir)) == 2
+    [report] = verify(settings, DAY)
+    assert report.ok and report.entries == 4, report.problems
+    assert manifest.close_day(settings, DAY)

@@ -40,6 +40,7 @@ __all__ = ["Exchange", "Recorder", "disabled", "recorder"]
 log = structlog.get_logger(__name__)
 
 _CHAIN_CACHE = 1024
+_MAX_FACT = 1024
 
 
 class _Issuers:
@@ -257,7 +258,10 @@ class Exchange:
             facts = {**self._facts, **facts}
             certificates = self._certificates
             self._first = False
-        header["facts"] = {k: v for k, v in facts.items() if v is not None}
+        # facts are small by construction; a bound keeps every header far below MAX_HEADER
+        header["facts"] = {
+            k: v[:_MAX_FACT] if isinstance(v, str) else v for k, v in facts.items() if v is not None
+        }
         record = Record(header, payload, certificates)
         return await self._recorder.write(self.koppelvlak, record)
 
