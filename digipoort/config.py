@@ -226,6 +226,8 @@ class ArchiveConfig(BaseModel):
     # optional RFC 3161 time-stamping authority for each day's manifest signature
     tsa_url: str = ""
     tsa_timeout_seconds: float = Field(default=10.0, gt=0)
+    # the TSA's certificate must be issued by (or be) one of these (PEM); unset: not checked
+    tsa_ca_file: Path | None = None
 
 
 class Settings(BaseSettings):

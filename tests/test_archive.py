@@ -305,6 +305,12 @@ async def test_manifest_time_stamped_by_a_tsa(
     assert manifest.close_day(settings, DAY)
     [report] = verify(settings, DAY)
     assert report.ok and report.timestamped, report.problems
+    settings.archive.tsa_ca_file = pki_dir / "ca.crt"  # the TSA is not issued by the root
+    [report] = verify(settings, DAY)
+    assert any("not in archive.tsa_ca_file" in p for p in report.problems)
+    settings.archive.tsa_ca_file = pki_dir / "chain.pem"  # intermediate + root
+    [report] = verify(settings, DAY)
+    assert report.ok, report.problems
     token = settings.resolve(settings.archive.dir) / DAY / TIMESTAMP
     _flip(token, len(token.read_bytes()) - 1)  # in the TSA's signature value
     [report] = verify(settings, DAY)

@@ -3,8 +3,8 @@
 :func:`request_token` asks the TSA for a token over SHA-256 of ``MANIFEST.p7s`` (so the
 time-stamp covers the manifest and its signature), :func:`verify_token` checks a stored
 token: status, the message imprint, and the token's CMS signature (messageDigest over the
-TSTInfo, the signer's signature over the signed attributes). It does not (yet) check the
-TSA certificate against a configured trust root — see docs/archive.md.
+TSTInfo, the signer's signature over the signed attributes); ``archive verify`` then
+checks the TSA's certificate against ``archive.tsa_ca_file`` when that is set.
 
 :func:`issue_token` is a minimal TSA (for development and tests): it answers a request
 with a token signed by the given key and certificate.
@@ -78,8 +78,8 @@ def request_token(settings: Settings, data: bytes) -> bytes:
     return token
 
 
-def verify_token(token: bytes, data: bytes) -> datetime:
-    """The time the TSA vouches for; raise :class:`TimestampInvalid`."""
+def verify_token(token: bytes, data: bytes) -> tuple[datetime, x509.Certificate]:
+    """The time the TSA vouches for and its certificate; raise :class:`TimestampInvalid`."""
     try:
         info = cms.ContentInfo.load(token)
         sd = info["content"]
@@ -108,18 +108,18 @@ def verify_token(token: bytes, data: bytes) -> datetime:
                 ),
             }
         )
-        _check_signed(tst_der, detached.dump())
+        signer = _check_signed(tst_der, detached.dump())
         moment: datetime = tst["gen_time"].native
-        return moment
+        return moment, signer
     except TimestampInvalid:
         raise
     except (ValueError, TypeError, KeyError, AttributeError):
         raise TimestampInvalid("malformed time-stamp token") from None
 
 
-def _check_signed(tst_der: bytes, detached: bytes) -> None:
+def _check_signed(tst_der: bytes, detached: bytes) -> x509.Certificate:
     try:
-        verify_detached(tst_der, detached, content_type="tst_info")
+        return verify_detached(tst_der, detached, content_type="tst_info").signer
     except SignatureInvalid as exc:
         raise TimestampInvalid(f"token signature: {exc}") from None
 

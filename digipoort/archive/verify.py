@@ -92,6 +92,18 @@ def _trusted(signer: x509.Certificate, own: set[bytes], issuers: list[x509.Certi
     return False
 
 
+def _tsa_trusted(settings: Settings, tsa: x509.Certificate) -> bool:
+    ca_file = settings.archive.tsa_ca_file
+    if ca_file is None:
+        return True  # not configured: the token's own signature is all that is checked
+    try:
+        anchors = x509.load_pem_x509_certificates(settings.resolve(ca_file).read_bytes())
+    except (OSError, ValueError):
+        return False
+    own = {a.fingerprint(_SHA256()) for a in anchors}
+    return _trusted(tsa, own, anchors)
+
+
 def verify_day(settings: Settings, day: str) -> DayReport:
     root = settings.resolve(settings.archive.dir)
     day_dir = root / day
@@ -144,10 +156,16 @@ def _verify_closed(settings: Settings, day: str, day_dir: Path) -> DayReport:
         from digipoort.archive.tsa import TimestampInvalid, verify_token
 
         try:
-            verify_token((day_dir / TIMESTAMP).read_bytes(), signature)
-            report.timestamped = True
+            stamped_at, tsa = verify_token((day_dir / TIMESTAMP).read_bytes(), signature)
         except TimestampInvalid as exc:
             report.problems.append(f"time-stamp token: {exc}")
+        else:
+            report.timestamped = True
+            report.notes.append(
+                f"time-stamped {stamped_at.isoformat()} by {tsa.subject.rfc4514_string()}"
+            )
+            if not _tsa_trusted(settings, tsa):
+                report.problems.append("time-stamp token from a TSA not in archive.tsa_ca_file")
     listed = _parse_manifest(day, manifest, report)
     on_disk = {p.name for p in segment_files(day_dir)}
     extra = sorted(
