@@ -24,7 +24,7 @@ BATCH = Histogram(
 )
 FAILURES = Counter(
     "digipoort_archive_failures_total",
-    "Archive failures by reason (write, fsync, close, verify).",
+    "Archive failures by reason (write: a batch not written or not fsync'ed; maintenance).",
     ["reason"],
 )
 DAYS = Counter(
