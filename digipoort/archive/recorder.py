@@ -23,15 +23,13 @@ import asyncio
 import os
 import threading
 import uuid
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 import structlog
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 
 from digipoort.archive import metrics
+from digipoort.archive.chain import Issuers, fingerprint
 from digipoort.archive.writer import Record, SegmentWriter
 from digipoort.config import Settings
 
@@ -39,74 +37,7 @@ __all__ = ["Exchange", "Recorder", "disabled", "recorder"]
 
 log = structlog.get_logger(__name__)
 
-_CHAIN_CACHE = 1024
 _MAX_FACT = 1024
-
-
-class _Issuers:
-    """Builds a peer's chain from the configured CA and intermediates (Python's ``ssl``
-    only exposes the leaf)."""
-
-    def __init__(self, settings: Settings) -> None:
-        self._by_subject: dict[bytes, list[x509.Certificate]] = {}
-        pki = settings.pki
-        for path in (pki.ca_file, pki.intermediates_file):
-            if path is None:
-                continue
-            try:
-                certs = x509.load_pem_x509_certificates(settings.resolve(path).read_bytes())
-            except (OSError, ValueError):
-                continue
-            for cert in certs:
-                self._by_subject.setdefault(cert.subject.public_bytes(), []).append(cert)
-        self._cache: OrderedDict[bytes, tuple[bytes, ...]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def chain(self, leaf_der: bytes) -> tuple[bytes, ...]:
-        with self._lock:
-            hit = self._cache.get(leaf_der)
-            if hit is not None:
-                self._cache.move_to_end(leaf_der)
-                return hit
-        chain = [leaf_der]
-        try:
-            cert = x509.load_der_x509_certificate(leaf_der)
-            for _ in range(8):
-                if cert.issuer == cert.subject:
-                    break
-                issuer = self._issuer_of(cert)
-                if issuer is None:
-                    break
-                chain.append(issuer.public_bytes(_DER))
-                cert = issuer
-        except ValueError:
-            pass
-        found = tuple(chain)
-        with self._lock:
-            self._cache[leaf_der] = found
-            while len(self._cache) > _CHAIN_CACHE:
-                self._cache.popitem(last=False)
-        return found
-
-    def _issuer_of(self, cert: x509.Certificate) -> x509.Certificate | None:
-        for candidate in self._by_subject.get(cert.issuer.public_bytes(), []):
-            try:
-                cert.verify_directly_issued_by(candidate)
-            except (ValueError, TypeError, Exception):  # noqa: S112 - try the next one
-                continue
-            return candidate
-        return None
-
-
-from cryptography.hazmat.primitives.serialization import Encoding  # noqa: E402
-
-_DER = Encoding.DER
-
-
-def _fingerprint(der: bytes) -> str:
-    h = hashes.Hash(hashes.SHA256())
-    h.update(der)
-    return h.finalize().hex()
 
 
 class Recorder:
@@ -116,14 +47,14 @@ class Recorder:
         self.enabled = settings is not None and settings.archive.enabled
         self.settings = settings
         self._writer: SegmentWriter | None = None
-        self._issuers: _Issuers | None = None
+        self._issuers: Issuers | None = None
         self.root: Path | None = None
         self.wus_operations: frozenset[str] = frozenset()
         if settings is not None and self.enabled:
             cfg = settings.archive
             self.root = settings.resolve(cfg.dir)
             self.wus_operations = frozenset(cfg.wus_operations)
-            self._issuers = _Issuers(settings)
+            self._issuers = Issuers(settings)
             self._writer = SegmentWriter(
                 self.root,
                 fsync=cfg.fsync,
@@ -161,8 +92,8 @@ class Recorder:
             if leaf:
                 assert self._issuers is not None
                 certificates = self._issuers.chain(leaf)
-                facts["peer_certificate"] = _fingerprint(leaf)
-                facts["peer_chain"] = [_fingerprint(c) for c in certificates]
+                facts["peer_certificate"] = fingerprint(leaf)
+                facts["peer_chain"] = [fingerprint(c) for c in certificates]
         return Exchange(self, koppelvlak, facts, certificates)
 
     async def write(self, koppelvlak: str, record: Record) -> bool:
