@@ -76,24 +76,27 @@ class Recorder:
         ``ssl_object``/``peer`` give the TLS and network facts."""
         if not self.enabled:
             return Exchange(None, koppelvlak, {}, ())
-        if transport is not None:
-            ssl_object = ssl_object or transport.get_extra_info("ssl_object")
-            peer = peer or transport.get_extra_info("peername")
         facts: dict[str, Any] = {}
         certificates: tuple[bytes, ...] = ()
-        if peer:
-            facts["peer"] = str(peer[0]) if isinstance(peer, tuple | list) else str(peer)
-        if ssl_object is not None:
-            facts["tls_version"] = ssl_object.version()
-            cipher = ssl_object.cipher()
-            if cipher:
-                facts["tls_cipher"] = cipher[0]
-            leaf = ssl_object.getpeercert(binary_form=True)
-            if leaf:
-                assert self._issuers is not None
-                certificates = self._issuers.chain(leaf)
-                facts["peer_certificate"] = fingerprint(leaf)
-                facts["peer_chain"] = [fingerprint(c) for c in certificates]
+        try:
+            if transport is not None:
+                ssl_object = ssl_object or transport.get_extra_info("ssl_object")
+                peer = peer or transport.get_extra_info("peername")
+            if peer:
+                facts["peer"] = str(peer[0]) if isinstance(peer, tuple | list) else str(peer)
+            if ssl_object is not None:
+                facts["tls_version"] = ssl_object.version()
+                cipher = ssl_object.cipher()
+                if cipher:
+                    facts["tls_cipher"] = cipher[0]
+                leaf = ssl_object.getpeercert(binary_form=True)
+                if leaf:
+                    assert self._issuers is not None
+                    certificates = self._issuers.chain(leaf)
+                    facts["peer_certificate"] = fingerprint(leaf)
+                    facts["peer_chain"] = [fingerprint(c) for c in certificates]
+        except Exception as exc:  # a closed transport: archive what is known, say so
+            facts["tls_facts_error"] = type(exc).__name__
         return Exchange(self, koppelvlak, facts, certificates)
 
     async def write(self, koppelvlak: str, record: Record) -> bool:
