@@ -205,6 +205,31 @@ class PortalConfig(BaseModel):
     tariff_eur: str = "0.59"
 
 
+# -- archive (issue 16 part 4; docs/archive.md) ----------------------------------------------
+class ArchiveConfig(BaseModel):
+    """The write-once non-repudiation archive: what was received and answered, per day."""
+
+    enabled: bool = True
+    dir: Path = Path("data/archive")
+    # fsync every batch before the answer is sent (off only for throwaway dev setups)
+    fsync: bool = True
+    segment_max_bytes: int = Field(default=1024**3, ge=1024 * 1024)
+    # WUS operations archived (status queries are not evidence of a submission)
+    wus_operations: list[str] = Field(default_factory=lambda: ["aanleveren", "zetStatus"])
+    # days are closed (manifest signed, files made read-only) this long after midnight UTC
+    close_grace_seconds: float = Field(default=300.0, ge=0)
+    # closed days older than this are purged (cover the retention period of the envelopes)
+    retention_days: int = Field(default=400, ge=1)
+    # the writer thread closes and purges days itself (else: `digipoort archive close`)
+    maintenance: bool = True
+    maintenance_interval_seconds: float = Field(default=60.0, gt=0)
+    # optional RFC 3161 time-stamping authority for each day's manifest signature
+    tsa_url: str = ""
+    tsa_timeout_seconds: float = Field(default=10.0, gt=0)
+    # the TSA's certificate must be issued by (or be) one of these (PEM); unset: not checked
+    tsa_ca_file: Path | None = None
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="DIGIPOORT_", env_nested_delimiter="__", extra="ignore"
@@ -228,6 +253,7 @@ class Settings(BaseSettings):
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     portal: PortalConfig = Field(default_factory=PortalConfig)
+    archive: ArchiveConfig = Field(default_factory=ArchiveConfig)
     log_level: str = "info"
     config_dir: Path = Path(".")
 

@@ -20,6 +20,7 @@ from adapters.ftp.commands import MAX_LINE, reply
 from adapters.ftp.partials import PartialArea
 from adapters.ftp.passive import PassivePorts
 from adapters.ftp.session import FtpShared, Session
+from digipoort import archive
 from digipoort.app import LISTEN_BACKLOG, Gateway
 from digipoort.pki.wiring import participant_verifier, revocation_service, server_context
 
@@ -66,6 +67,7 @@ async def start(gateway: Gateway) -> Callable[[], Awaitable[None]]:
         ports=PassivePorts(cfg.host, cfg.passive_port_min, cfg.passive_port_max),
         grote_berichten=s.grote_berichten,
         public_url=s.wus.public_url,
+        archive=archive.recorder(s),
     )
     shared.root.mkdir(parents=True, exist_ok=True)
     sessions: set[asyncio.Task[None]] = set()

@@ -49,6 +49,7 @@ from adapters.ftp.paths import (
 from adapters.ftp.paths import normalise as normalise_path
 from adapters.ftp.tlsstream import TlsStream, Truncated
 from adapters.starttls import upgrade
+from digipoort.archive import Recorder, disabled
 from digipoort.config import FtpConfig, GroteBerichtenConfig, LimitsConfig
 from digipoort.envelope import Aanlevering, Document, Identiteit, StoredBlob
 from digipoort.intake import Intake, IntakeRefused, IntakeUnavailable
@@ -97,6 +98,7 @@ class FtpShared:
     grote_berichten: GroteBerichtenConfig
     public_url: str  # where Grote Berichten references point (the WUS HTTPS port)
     busy: set[tuple[str, str]] = field(default_factory=set)
+    archive: Recorder = field(default_factory=disabled)  # docs/archive.md
 
 
 class Session:
@@ -826,6 +828,12 @@ class Session:
         if mime is None:  # no SITE MIME: by the name, else by the first bytes
             head = await asyncio.to_thread(_head, upload.area.file(upload.vpath))
             mime = mime_type_for(name, head)
+        archived = self.s.archive.exchange("ftp", transport=self.writer)  # docs/archive.md
+        facts = {"berichtsoort": soort, "bestandsnaam": name, "size": upload.size,
+                 "sha256": upload.sha256, "resumed_from": offset, "mime_type": mime}  # fmt: skip
+        if not await archived.received("ftp.upload", b"", oin=self.oin, **facts):
+            await self.refuse(451, "Gateway temporarily unavailable; send again", "archive")
+            return
         blob = await promote(upload, self.s.store)
         try:
             accepted = await self.s.intake.aanleveren(self._aanlevering(soort, name, blob, mime))
@@ -843,6 +851,11 @@ class Session:
             return
         metrics.UPLOADS.labels("accepted").inc()
         status = f"{name}.{accepted.kenmerk}.status.xml"
+        done = f"Transfer complete; kenmerk {accepted.kenmerk}; status /out/{status}"
+        kenmerk = str(accepted.kenmerk)
+        if not await archived.answered("ftp.reply", b"226 " + done.encode(), kenmerk=kenmerk):
+            await self.refuse(451, "Gateway temporarily unavailable; send again", "archive")
+            return
         log.info(
             "ftp.upload_accepted",
             kenmerk=str(accepted.kenmerk),
@@ -852,7 +865,7 @@ class Session:
             resumed_from=offset,
             mb_per_s=round((upload.size - offset) / elapsed / 1e6, 1),
         )
-        await self.send(226, f"Transfer complete; kenmerk {accepted.kenmerk}; status /out/{status}")
+        await self.send(226, done)
 
 
 def _head(path: Path) -> bytes:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import re
 import ssl
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ import aiosmtplib
 import structlog
 
 from adapters.smtp.subject import format_subject
+from digipoort.archive import Exchange, Recorder, disabled
 from digipoort.envelope import EnvelopeRecord
 from digipoort.pki import CertificateRejected, client_ssl_context
 from digipoort.pki.wiring import PeerCheck
@@ -192,9 +194,11 @@ class SmtpRelay:
         timeout: float = 30.0,
         ssl_context: ssl.SSLContext | None = None,
         peer_check: PeerCheck | None = None,
+        archive: Recorder | None = None,
     ) -> None:
         self._ssl = ssl_context or client_ssl_context(cert_file, key_file, ca_file)
         self._peer_check = peer_check
+        self._archive = archive or disabled()  # docs/archive.md: final replies are archived
         self._sender = sender
         self._domain = domain
         self._timeout = timeout
@@ -214,7 +218,21 @@ class SmtpRelay:
             domain=self._domain,
         )
         data = mail_bytes(msg)
-        await self._deliver(target, data)
+        archived, final = await self._deliver(target, data)
+        sent = {
+            "mta": f"{target.host}:{target.port}",
+            "mail_sha256": hashlib.sha256(data).hexdigest(),
+        }
+        if not await archived.received(
+            "aflever.smtp.reply",
+            final.encode(),
+            oin=out.participant.oin,
+            kenmerk=out.kenmerk,
+            **sent,
+        ):  # delivered only once the final reply is archived (docs/archive.md)
+            raise DeliveryFailed(
+                "eindantwoord van de MTA niet gearchiveerd: archief niet beschikbaar"
+            )
         log.info(
             "smtp.relay.delivered",
             kenmerk=str(out.kenmerk),
@@ -232,7 +250,7 @@ class SmtpRelay:
         except CertificateRejected as exc:
             raise DeliveryFailed(f"servercertificaat van de MTA afgewezen ({exc.reason})") from None
 
-    async def _deliver(self, target: RelayTarget, data: bytes) -> None:
+    async def _deliver(self, target: RelayTarget, data: bytes) -> tuple[Exchange, str]:
         smtp = aiosmtplib.SMTP(
             hostname=target.host,
             port=target.port,
@@ -252,11 +270,14 @@ class SmtpRelay:
                     raise DeliveryFailed("TLS niet tot stand gekomen")
                 await self._check_peer(smtp)
                 await smtp.ehlo()
-                await smtp.sendmail(self._sender, [target.address], data)
+                _refused, final = await smtp.sendmail(self._sender, [target.address], data)
+                tls = smtp.get_transport_info("ssl_object")
+                archived = self._archive.exchange("smtp", ssl_object=tls)
             # 250 to the end of DATA: delivered. QUIT is a courtesy and cannot undo that.
             with contextlib.suppress(aiosmtplib.SMTPException, OSError, TimeoutError):
                 async with asyncio.timeout(2.0):
                     await smtp.quit()
+            return archived, final
         except DeliveryFailed:
             raise
         except TimeoutError:

@@ -30,6 +30,7 @@ from adapters.smtp.flows import resolve_flow, smime_required
 from adapters.smtp.mime import ParsedMail, parse_mail, raw_mail_limit
 from adapters.smtp.smime import SmimeInvalid, verify_detached
 from adapters.starttls import discard_buffered
+from digipoort import archive
 from digipoort.app import LISTEN_BACKLOG, Gateway, shares_ports
 from digipoort.config import Settings
 from digipoort.envelope import Aanlevering, Document, Identiteit
@@ -66,6 +67,7 @@ class SmtpHandler:
         self.settings: Settings = gateway.settings
         self.verifier = verifier
         self.smime_verifier = smime
+        self.archive = archive.recorder(self.settings)  # docs/archive.md
 
     # -- identity ------------------------------------------------------------------------
     def handle_STARTTLS(self, server: SMTP, session: Session, envelope: Envelope) -> bool:
@@ -160,6 +162,24 @@ class SmtpHandler:
         ident = session.auth_data
         assert isinstance(ident, VerifiedIdentity)
         ctx: dict[str, Any] = {"sender_oin": ident.oin, "rcpt": envelope.rcpt_tos[0][:200]}
+        archived = self.archive.exchange("smtp", ssl_object=(session.ssl or {}).get("ssl_object"),
+                                         peer=session.peer)  # fmt: skip
+        reply = await self._data(ident, envelope, ctx, archived)
+        kenmerk = ctx.get("kenmerk")  # fail-closed only for an acceptance (docs/archive.md)
+        if not await archived.answered("smtp.reply", reply.encode(), kenmerk=kenmerk) and kenmerk:
+            return _refuse(MailRefused("unavailable", "archive"), **ctx)
+        return reply
+
+    async def _data(
+        self,
+        ident: VerifiedIdentity,
+        envelope: Envelope,
+        ctx: dict[str, Any],
+        archived: archive.Exchange,
+    ) -> str:
+        data, mail_from = envelope.original_content or b"", envelope.mail_from
+        if not await archived.received("smtp.message", data, oin=ident.oin, mail_from=mail_from):
+            return _refuse(MailRefused("unavailable", "archive"), **ctx)
         try:
             kenmerk = await self._submit(ident, envelope, ctx)
         except MailRefused as refusal:
@@ -173,6 +193,7 @@ class SmtpHandler:
             return _refuse(MailRefused("unavailable"), exc_info=exc, **ctx)
         metrics.SMTP_MESSAGES.labels("accepted").inc()
         log.info("smtp.accepted", kenmerk=kenmerk, **ctx)
+        ctx["kenmerk"] = kenmerk
         return f"250 2.0.0 OK: queued as kenmerk {kenmerk}"
 
     async def _submit(

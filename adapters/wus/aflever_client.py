@@ -15,6 +15,7 @@ raises :class:`routing.deliverer.DeliveryFailed` with a short reason (retried, 4
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import ssl
 from pathlib import Path
 from typing import Final
@@ -36,6 +37,7 @@ from adapters.wus.soap import (
     parse_envelope,
 )
 from adapters.wus.wssecurity import WSSecurityError, sign_envelope, verify_envelope
+from digipoort.archive import Recorder, disabled
 from digipoort.config import redact_url
 from digipoort.pki import CertificateRejected, CertificateVerifier, client_ssl_context
 from digipoort.pki.wiring import PeerCheck, PeerRejected
@@ -69,9 +71,11 @@ class AfleverClient:
         timeout: float = 30.0,
         ssl_context: ssl.SSLContext | None = None,
         peer_check: PeerCheck | None = None,
+        archive: Recorder | None = None,
     ) -> None:
         self._ssl = ssl_context or client_ssl_context(cert_file, key_file, ca_file)
         self._peer_check = peer_check
+        self._archive = archive or disabled()  # docs/archive.md: receipts are archived
         self._certificate = x509.load_pem_x509_certificates(cert_file.read_bytes())[0]
         key = load_pem_private_key(key_file.read_bytes(), password=None)
         if not isinstance(key, rsa.RSAPrivateKey):
@@ -134,6 +138,14 @@ class AfleverClient:
         if len(answer) > MAX_RESPONSE:
             raise DeliveryFailed("antwoord te groot")
         self.check_response(status, answer, message_id, recipient_oin, kenmerk)
+        # the receipt is signed by the recipient (its certificate in the receipt's
+        # BinarySecurityToken); aiohttp has released the connection by now: no TLS facts
+        archived = self._archive.exchange("wus")
+        sent = {"url": redact_url(url), "request_sha256": hashlib.sha256(request).hexdigest()}
+        if not await archived.received(
+            "aflever.wus.receipt", answer, oin=recipient_oin, kenmerk=kenmerk, **sent
+        ):  # delivered only once the receipt is archived (docs/archive.md)
+            raise DeliveryFailed("afleverResponse niet gearchiveerd: archief niet beschikbaar")
 
     def check_response(
         self, status: int, answer: bytes, message_id: str, recipient_oin: str, kenmerk: UUID

@@ -17,6 +17,7 @@ from adapters.smtp.relay import SmtpRelay
 from adapters.wus import store
 from adapters.wus.aflever_client import AfleverClient
 from adapters.wus.server import WusService
+from digipoort import archive
 from digipoort.app import Gateway, shares_ports
 from digipoort.config import Settings
 from digipoort.httpguard import GuardedSite, HttpGuard, HttpGuardConfig
@@ -136,6 +137,7 @@ async def start_deliverer(gateway: Gateway) -> Callable[[], Awaitable[None]]:
         timeout=s.aflever.timeout_seconds,
         ssl_context=outbound,
         peer_check=PeerCheck(s),
+        archive=archive.recorder(s),
     )
     relay = SmtpRelay(
         s.resolve(s.pki.cert_file),
@@ -146,6 +148,7 @@ async def start_deliverer(gateway: Gateway) -> Callable[[], Awaitable[None]]:
         timeout=s.aflever.timeout_seconds,
         ssl_context=outbound,
         peer_check=PeerCheck(s),
+        archive=archive.recorder(s),
     )
     deliverer = Deliverer(
         gateway.pool,

@@ -59,7 +59,7 @@ from adapters.wus.wssecurity import (
     verify_envelope,
 )
 from adapters.wus.zetstatus import EXTRA_OPERATIONS, ZET_STATUS, zet_status
-from digipoort import metrics
+from digipoort import archive, metrics
 from digipoort.config import Settings
 from digipoort.envelope import Aanlevering
 from digipoort.intake import Intake, IntakeRefused, IntakeUnavailable
@@ -152,6 +152,7 @@ class WusService:
         self.skew = timedelta(seconds=settings.wus.max_clock_skew_seconds)
         self._large = asyncio.Semaphore(LARGE_SLOTS)
         self.ophaal = Ophaalservice(pool, payloads, settings) if payloads is not None else None
+        self.archive = archive.recorder(settings)  # docs/archive.md
 
     # ------------------------------------------------------------------ aiohttp
 
@@ -177,6 +178,7 @@ class WusService:
         started = time.perf_counter()
         seen = _Seen()
         bound = log.bind(endpoint=service.name)
+        archived = self.archive.exchange("wus", transport=request.transport)
         try:
             tls_oin = self._tls_oin(request)
             bound = bound.bind(sender_oin=tls_oin)
@@ -188,10 +190,20 @@ class WusService:
             body = await self._read_body(request, limit, seen)
             caller = await self._authenticate(request, service, body, tls_oin, seen)
             bound = bound.bind(operation=caller.operation.name)
+            if not await archived.received(
+                "wus.request", body, oin=tls_oin, operation=caller.operation.name
+            ):  # fail-closed: nothing is accepted that is not archived (docs/archive.md)
+                raise Refusal("technical", "archive_unavailable", public=False)
             answer = await self._dispatch(caller, bound)
             response_xml = self._signed_response(caller, answer)
+            kenmerk = answer.findtext(f"{messages.KV}kenmerk")
+            if not await archived.answered("wus.response", response_xml, kenmerk=kenmerk):
+                raise Refusal("technical", "archive_unavailable", public=False)
         except Refusal as refusal:
-            return self._fault(service, seen, refusal, started, bound)
+            fault = self._fault(service, seen, refusal, started, bound)
+            body_out = fault.body if isinstance(fault.body, bytes) else b""
+            await archived.answered("wus.fault", body_out, reden=refusal.reason)
+            return fault
         except Exception as exc:  # pragma: no cover - defensive: never a stack trace out
             bound.error("wus.internal_error", error=repr(exc))
             internal = Refusal("technical", "internal_error", public=False)
