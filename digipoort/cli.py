@@ -583,6 +583,7 @@ def _load_plugin_commands() -> None:
             main.add_command(ep.load(), ep.name)
 
 
+main.add_command(__import__("digipoort.historycli", fromlist=["history"]).history)
 _load_plugin_commands()
 
 if __name__ == "__main__":

@@ -157,8 +157,8 @@ async def create_month(
                     (),
                 ),
                 (
-                    f'WITH moved AS (DELETE FROM "{default}" WHERE kenmerk >= $1 AND kenmerk < $2'
-                    f' RETURNING *) INSERT INTO "{part}" SELECT * FROM moved',  # noqa: S608
+                    f'WITH moved AS (DELETE FROM "{default}" WHERE kenmerk >= $1 AND kenmerk < $2'  # noqa: S608
+                    f' RETURNING *) INSERT INTO "{part}" SELECT * FROM moved',
                     (lo, hi),
                 ),
                 (
