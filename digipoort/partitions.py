@@ -17,7 +17,7 @@ import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -351,9 +351,12 @@ async def purge_month(
     export_path: Path | None = None,
     lock_timeout_ms: int = 200,
     now: datetime | None = None,
+    grace_seconds: float = 3600.0,
 ) -> PurgeResult:
-    """Detach and drop the partitions of ``name`` in every history table, then remove the
-    payload files only its documents used. The current month is refused."""
+    """Detach the partitions of ``name`` in every history table (short locks), drop them,
+    then remove the payload files only its documents used. The current month is refused.
+    A crash after the drop can leave payload files no row refers to (harmless; removed
+    by hand with the store listing)."""
     suffix = suffix_for(name)
     if suffix not in LEGACY_SUFFIXES and Month.parse(name) >= Month.of(now or datetime.now(UTC)):
         raise HistoryError(f"{name} is the current or a future month")
@@ -366,30 +369,34 @@ async def purge_month(
     for t in ("envelopes", "statuses"):
         if t in tables:
             counts[t] = await conn.fetchval(f'SELECT count(*) FROM "{t}_{suffix}"')  # noqa: S608
-    shas: list[str] = []
-    if "documents" in tables:
-        shas = [
-            r["sha256"]
-            for r in await conn.fetch(
-                f'SELECT DISTINCT sha256 FROM "documents_{suffix}" WHERE data IS NULL'  # noqa: S608
-            )
-        ]
     for table in tables:  # children first, envelopes last
         await _with_short_lock(
             conn,
             lock_timeout_ms,
             [(f'ALTER TABLE "{table}" DETACH PARTITION "{table}_{suffix}"', ())],
         )
+    # payload files only this month used (content-addressed: other months may share them)
+    shas: list[str] = []
+    if "documents" in tables:
+        shas = [
+            r["sha256"]
+            for r in await conn.fetch(
+                f'SELECT DISTINCT d.sha256 FROM "documents_{suffix}" d'  # noqa: S608
+                " WHERE d.data IS NULL AND NOT EXISTS (SELECT 1 FROM documents o"
+                " WHERE o.sha256 = d.sha256 AND o.data IS NULL)"
+            )
+        ]
     for table in tables:
         await conn.execute(f'DROP TABLE "{table}_{suffix}"')
     payloads = 0
     for sha in shas:
-        still_used = await conn.fetchval(
-            "SELECT EXISTS (SELECT 1 FROM documents WHERE sha256 = $1 AND data IS NULL)", sha
-        )
-        if not still_used:
-            await store.delete(sha)
-            payloads += 1
+        # a submission storing the same content right now refreshed the file's mtime
+        # (deduplication) before its envelope is committed: leave such files
+        age = await store.age_seconds(sha)
+        if age is not None and age < grace_seconds:
+            continue
+        await store.delete(sha)
+        payloads += 1
     seconds = time.perf_counter() - started
     result = PurgeResult(
         name=name,
@@ -428,9 +435,3 @@ def month_of_kenmerk(kenmerk: UUID) -> Month:
     """The month a UUIDv7 kenmerk was made in (meaningless for an old uuid4)."""
     ms = kenmerk.int >> 80
     return Month.of(datetime.fromtimestamp(ms / 1000, UTC))
-
-
-def first_of_next_day(now: datetime) -> float:
-    """Seconds until the next midnight UTC (the daily maintenance run)."""
-    tomorrow = (now + timedelta(days=1)).replace(hour=0, minute=5, second=0, microsecond=0)
-    return max(60.0, (tomorrow - now).total_seconds())

@@ -269,7 +269,9 @@ async def test_purge_of_an_expired_month_while_intake_continues(env: Env) -> Non
     assert str(other) not in {s.name for s in expired}
     purge_conn = await db.connect(env.db_url)
     try:
-        result = await partitions.purge_month(purge_conn, str(old), store, now=later)
+        result = await partitions.purge_month(
+            purge_conn, str(old), store, now=later, grace_seconds=0
+        )
     finally:
         await purge_conn.close()
     n_during = len(accepted)
