@@ -74,7 +74,7 @@ SELECT bench_kenmerk(($1::bigint + (g * $3::bigint) / $2)::bigint, $4::bigint + 
        lpad(((g * 104729) % {belanghebbenden})::text, 9, '0'), 'BSN', 'Bedrijf',
        to_timestamp(($1::bigint + (g * $3::bigint) / $2) / 1000.0), 'gerouteerd', true,
        to_timestamp(($1::bigint + (g * $3::bigint) / $2) / 1000.0)
-FROM generate_series(0, $2 - 1) g
+FROM generate_series(0::bigint, $2::bigint - 1) g
 """
 
 SEED_STATUSES = """
