@@ -157,6 +157,12 @@ async def seed(conn: asyncpg.Connection, months: list[Month], total: int, per: i
                 f'ALTER TABLE "{t}" ATTACH PARTITION "{name}"'
                 f" FOR VALUES FROM ('{lo}') TO ('{hi}')"
             )
+        if idx == len(months) - 1:  # the getNieuweStatussen bookkeeping of the last month
+            await conn.execute(
+                f"INSERT INTO wus_statuses_returned (caller_oin, status_id, kenmerk)"
+                f' SELECT e.sender_oin, s.id, s.kenmerk FROM "{names["statuses"]}" s'
+                f' JOIN "{e}" e USING (kenmerk) WHERE s.id % 2 = 0'
+            )
         print(
             f"  seeded {m}: {n} envelopes, {n * per} statuses"
             f" in {time.perf_counter() - started:.0f} s",

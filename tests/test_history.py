@@ -74,6 +74,13 @@ async def _insert(
         kenmerk,
         state,
     )
+    if kenmerk.version == 7:  # the getNieuweStatussen bookkeeping (after migration 012)
+        await conn.execute(
+            "INSERT INTO wus_statuses_returned (caller_oin, status_id, kenmerk)"
+            " SELECT $2, id, kenmerk FROM statuses WHERE kenmerk = $1",
+            kenmerk,
+            CALLER,
+        )
 
 
 def _kenmerk_in(month: Month, day: int = 3) -> tuple[UUID, datetime]:
@@ -158,6 +165,12 @@ async def test_migration_converts_a_populated_database(own_db: str) -> None:
         await _insert(conn, stray, at=now)
         known = await conn.fetchval("SELECT kenmerk FROM envelopes LIMIT 1")
         max_id = await conn.fetchval("SELECT max(id) FROM statuses")
+        # getNieuweStatussen bookkeeping of another caller: kept, with its kenmerk
+        await conn.execute(
+            "INSERT INTO wus_statuses_returned (caller_oin, status_id)"
+            " SELECT 'other', id FROM statuses WHERE kenmerk = $1",
+            known,
+        )
 
         await db.migrate(conn)
 
@@ -173,6 +186,12 @@ async def test_migration_converts_a_populated_database(own_db: str) -> None:
         assert where.get("envelopes_default", 0) >= 1  # the stray one at least
         # old rows readable, statuses queryable, WUS status queries work
         assert [s.code for s in await history(conn, known)] == ["100"]
+        assert (
+            await conn.fetchval(
+                "SELECT kenmerk FROM wus_statuses_returned WHERE caller_oin = 'other'"
+            )
+            == known
+        )
         pool = await db.create_pool(own_db, min_size=1, max_size=2)
         try:
             regels = await wus_store.statussen(pool, known, None, None)
@@ -193,7 +212,7 @@ async def test_migration_converts_a_populated_database(own_db: str) -> None:
         )
         assert await conn.fetchval("SELECT min(id) FROM statuses WHERE kenmerk = $1", k) > max_id
         # creating the stray's month moves it (and its children) out of the default
-        assert await partitions.create_month(conn, future) == 7
+        assert await partitions.create_month(conn, future) == 8
         for table in ("envelopes", "statuses", "documents", "deliveries"):
             assert (
                 await conn.fetchval(
@@ -280,9 +299,9 @@ async def test_purge_of_an_expired_month_while_intake_continues(env: Env) -> Non
     await submitter
 
     assert (result.envelopes, result.statuses, result.payloads) == (20, 40, 1)
-    for table in ("envelopes", "documents", "statuses", "deliveries"):
+    for table in ("envelopes", "documents", "statuses", "deliveries", "wus_statuses_returned"):
         assert await _count(conn, table, purged_k) == 0, table
-        assert await _count(conn, table, kept_k) == 20 or table == "statuses", table
+        assert await _count(conn, table, kept_k) == 20 or "statuses" in table, table
     assert await _count(conn, "statuses", kept_k) == 40
     assert old.suffix not in await partitions.partitions(conn)
     assert await store.size(only_old.sha256) is None  # its payload is gone

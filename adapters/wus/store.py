@@ -148,8 +148,8 @@ async def nieuwe_statussen_proces(
             WHERE s.kenmerk = $1 AND $2::int IS NULL AND {_WINDOW} AND {_RECENT}
             ORDER BY s.id LIMIT {MAX_RESULTS}
         ), ins AS (
-            INSERT INTO wus_statuses_returned (caller_oin, status_id)
-            SELECT $5, id FROM cand ON CONFLICT DO NOTHING RETURNING status_id
+            INSERT INTO wus_statuses_returned (caller_oin, status_id, kenmerk)
+            SELECT $5, id, kenmerk FROM cand ON CONFLICT DO NOTHING RETURNING status_id
         )
         SELECT * FROM cand WHERE id IN (SELECT status_id FROM ins) ORDER BY id
         """,  # noqa: S608
@@ -180,11 +180,12 @@ async def nieuwe_statussen(
               AND e.berichtsoort = $5 AND e.belanghebbende_nummer = $6
               AND e.belanghebbende_type = $7
               AND NOT EXISTS (SELECT 1 FROM wus_statuses_returned r
-                              WHERE r.caller_oin = $1 AND r.status_id = s.id)
+                              WHERE r.kenmerk = s.kenmerk AND r.caller_oin = $1
+                                AND r.status_id = s.id)
             ORDER BY s.id LIMIT {MAX_RESULTS}
         ), ins AS (
-            INSERT INTO wus_statuses_returned (caller_oin, status_id)
-            SELECT $1, id FROM cand ON CONFLICT DO NOTHING RETURNING status_id
+            INSERT INTO wus_statuses_returned (caller_oin, status_id, kenmerk)
+            SELECT $1, id, kenmerk FROM cand ON CONFLICT DO NOTHING RETURNING status_id
         )
         SELECT * FROM cand WHERE id IN (SELECT status_id FROM ins) ORDER BY id
         """,  # noqa: S608

@@ -45,7 +45,7 @@ CREATE TABLE history_tables (
 );
 INSERT INTO history_tables VALUES
     ('statuses', 1), ('gb_fetches', 2), ('gb_references', 3), ('deliveries', 4),
-    ('smtp_submissions', 5), ('documents', 6), ('envelopes', 9);
+    ('smtp_submissions', 5), ('documents', 6), ('wus_statuses_returned', 7), ('envelopes', 9);
 
 -- Every purged month: what was removed, when and by whom (export file if any).
 CREATE TABLE history_purges (
@@ -73,7 +73,11 @@ BEGIN
     -- constraints (primary keys, uniques), other indexes and triggers, to recreate
     FOR r IN SELECT conname, pg_get_constraintdef(oid) AS def FROM pg_constraint
              WHERE conrelid = old::regclass AND contype IN ('p', 'u') LOOP
-        IF tbl = 'statuses' AND r.conname = 'statuses_pkey' THEN
+        IF tbl = 'wus_statuses_returned' AND r.conname = 'wus_statuses_returned_pkey' THEN
+            -- a status belongs to one kenmerk: unique per (caller, status) as before
+            defs := array_append(defs, 'ALTER TABLE wus_statuses_returned ADD CONSTRAINT'
+                                 ' wus_statuses_returned_pkey PRIMARY KEY (kenmerk, caller_oin, status_id)');
+        ELSIF tbl = 'statuses' AND r.conname = 'statuses_pkey' THEN
             defs := array_append(defs, 'ALTER TABLE statuses ADD CONSTRAINT statuses_pkey PRIMARY KEY (kenmerk, id)');
             defs := array_append(defs, 'CREATE INDEX statuses_id ON statuses (id)');
         ELSE
@@ -132,6 +136,12 @@ BEGIN
              WHERE contype = 'f' AND confrelid = 'envelopes'::regclass LOOP
         EXECUTE format('ALTER TABLE %s DROP CONSTRAINT %I', r.tbl, r.conname);
     END LOOP;
+    -- the getNieuweStatussen bookkeeping gets the kenmerk of its status (its month key);
+    -- rows whose status no longer exists are of no use and are left out
+    ALTER TABLE wus_statuses_returned ADD COLUMN kenmerk uuid;
+    UPDATE wus_statuses_returned w SET kenmerk = s.kenmerk FROM statuses s WHERE s.id = w.status_id;
+    DELETE FROM wus_statuses_returned WHERE kenmerk IS NULL;
+    ALTER TABLE wus_statuses_returned ALTER COLUMN kenmerk SET NOT NULL;
     FOR r IN SELECT name FROM history_tables ORDER BY purge_rank DESC LOOP
         PERFORM digipoort_partition_convert(r.name, first_month);
     END LOOP;
