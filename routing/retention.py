@@ -119,6 +119,7 @@ async def maintain_history(
             await partitions.ensure_ahead(
                 conn, ahead=config.months_ahead, lock_timeout_ms=config.lock_timeout_ms
             )
+            await partitions.analyze_parents(conn)
             if not config.purge:
                 return purged
             for state in await partitions.expired(conn, policy(config)):

@@ -145,6 +145,10 @@ BEGIN
     FOR r IN SELECT name FROM history_tables ORDER BY purge_rank DESC LOOP
         PERFORM digipoort_partition_convert(r.name, first_month);
     END LOOP;
+    -- autovacuum never analyzes a partitioned parent (the retention component does, daily)
+    FOR r IN SELECT name FROM history_tables LOOP
+        EXECUTE format('ANALYZE %I', r.name);
+    END LOOP;
 END $$;
 
 DROP FUNCTION digipoort_partition_convert(text, date);
