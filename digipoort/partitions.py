@@ -230,6 +230,10 @@ class RetentionPolicy:
     def months_for(self, berichtsoort: str) -> int:
         return (self.per_berichtsoort or {}).get(berichtsoort, self.default)
 
+    @property
+    def shortest(self) -> int:
+        return min([self.default, *(self.per_berichtsoort or {}).values()])
+
 
 def _add_months(when: datetime, months: int) -> datetime:
     m = Month.of(when).plus(months)
@@ -275,8 +279,17 @@ async def expired(
     now = now or datetime.now(UTC)
     current = Month.of(now)
     found = await partitions(conn)
-    candidates = [m.suffix for m in months_of(found) if m < current]
-    candidates += [s for s in LEGACY_SUFFIXES if s in found]
+    # A month cannot expire before its start plus the shortest retention: only those
+    # months are read (reading a month scans its statuses once).
+    shortest = retention.shortest
+    candidates = [
+        m.suffix for m in months_of(found) if m < current and _add_months(m.start, shortest) < now
+    ]
+    migrated = await conn.fetchval(
+        "SELECT applied_at FROM schema_migrations WHERE name LIKE '012_%'"
+    )
+    if migrated is None or _add_months(migrated, shortest) < now:
+        candidates += [s for s in LEGACY_SUFFIXES if s in found]
     out = []
     for suffix in candidates:
         state = await month_state(conn, suffix)
