@@ -145,6 +145,9 @@ BEGIN
     FOR r IN SELECT name FROM history_tables ORDER BY purge_rank DESC LOOP
         PERFORM digipoort_partition_convert(r.name, first_month);
     END LOOP;
+    -- getNieuweStatussen looks envelopes up by belanghebbende and berichtsoort in every
+    -- month: without this index it reads all envelopes of the sender and berichtsoort
+    CREATE INDEX envelopes_belanghebbende ON envelopes (belanghebbende_nummer, berichtsoort);
     -- autovacuum never analyzes a partitioned parent (the retention component does, daily)
     FOR r IN SELECT name FROM history_tables LOOP
         EXECUTE format('ANALYZE %I', r.name);
