@@ -152,6 +152,8 @@ def history_purge(
 
     async def go(settings: Settings, conn: asyncpg.Connection) -> list[dict[str, Any]]:
         store = FilePayloadStore(settings.resolve(settings.storage.payload_dir))
+        # the retention component may be purging right now: one at a time
+        await conn.execute("SELECT pg_advisory_lock($1)", partitions.HISTORY_LOCK)
         policy = _policy(settings)
         due = {s.name for s in await partitions.expired(conn, policy)}
         names = sorted(due) if expired else [month or ""]

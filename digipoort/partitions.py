@@ -31,6 +31,8 @@ from digipoort.payloads import PayloadStore
 log = structlog.get_logger(__name__)
 
 LEGACY_SUFFIXES = ("legacy", "legacy_hi")
+# Any fixed number: one maintenance run or purge at a time (component, CLI, processes).
+HISTORY_LOCK = 7_420_012
 _MONTH = re.compile(r"^(\d{4})-(\d{2})$")
 _LOCK_RETRIES = 50
 

@@ -96,10 +96,6 @@ async def sweep_once(
     return removed
 
 
-# Any fixed number: one history maintenance run at a time across processes.
-_HISTORY_LOCK = 7_420_012
-
-
 def policy(config: HistoryConfig) -> partitions.RetentionPolicy:
     return partitions.RetentionPolicy(
         default=config.retention_months, per_berichtsoort=config.retention_months_per_berichtsoort
@@ -113,7 +109,7 @@ async def maintain_history(
     history.export_dir is set). Skipped while another process runs it."""
     purged: list[partitions.PurgeResult] = []
     async with pool.acquire() as conn:
-        if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _HISTORY_LOCK):
+        if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", partitions.HISTORY_LOCK):
             return purged
         try:
             await partitions.ensure_ahead(
@@ -136,7 +132,7 @@ async def maintain_history(
                     )
                 )
         finally:
-            await conn.execute("SELECT pg_advisory_unlock($1)", _HISTORY_LOCK)
+            await conn.execute("SELECT pg_advisory_unlock($1)", partitions.HISTORY_LOCK)
     return purged
 
 
