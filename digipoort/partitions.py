@@ -149,13 +149,20 @@ async def create_month(
         if table in found.get(month.suffix, set()):
             continue
         part, default = f"{table}_{month.suffix}", f"{table}_default"
+        # storage parameters (e.g. fillfactor) live on partitions, not on the parent: a new
+        # partition takes those of the default partition
+        options = await conn.fetchval(
+            "SELECT array_to_string(reloptions, ', ') FROM pg_class WHERE relname = $1", default
+        )
+        with_options = f" WITH ({options})" if options else ""
         await _with_short_lock(
             conn,
             lock_timeout_ms,
             [
                 (f'LOCK TABLE "{default}" IN ACCESS EXCLUSIVE MODE', ()),
                 (
-                    f'CREATE TABLE "{part}" (LIKE "{table}" INCLUDING DEFAULTS INCLUDING STORAGE)',
+                    f'CREATE TABLE "{part}" (LIKE "{table}" INCLUDING DEFAULTS'
+                    f" INCLUDING STORAGE){with_options}",
                     (),
                 ),
                 (

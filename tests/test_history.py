@@ -239,6 +239,9 @@ async def test_partitions_are_created_ahead_by_the_retention_component(env: Env)
     assert current.suffix in found and current.plus(3).suffix in found
     assert found["default"] == set(await partitions.history_tables(conn))
     assert current.plus(5).suffix not in found
+    # storage parameters are set per partition (a partitioned parent has none): new
+    # partitions take the default partition's
+    await conn.execute("ALTER TABLE envelopes_default SET (fillfactor = 85)")
     env.settings.history.months_ahead = 5
     await env.start_gateway(components=("retention",), serve_http=False)
 
@@ -250,6 +253,9 @@ async def test_partitions_are_created_ahead_by_the_retention_component(env: Env)
     await wait_for(made, what="partitions five months ahead")
     got = await partitions.partitions(conn)
     assert got[current.plus(4).suffix] == got[current.plus(5).suffix] == got["default"]
+    assert await conn.fetchval(
+        "SELECT reloptions FROM pg_class WHERE relname = $1", f"envelopes_{current.plus(5).suffix}"
+    ) == ["fillfactor=85"]
     # idempotent
     assert await partitions.ensure_ahead(conn, ahead=5) == []
 
