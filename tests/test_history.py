@@ -420,3 +420,37 @@ async def test_cli_exports_and_purges_a_past_month(own_db: str, tmp_path: Path) 
         )
     finally:
         await conn.close()
+
+
+async def test_a_purge_waiting_for_a_lock_does_not_hold_up_intake(env: Env) -> None:
+    """A long reader holds the month's tables; the purge's DETACH waits for it with a short
+    lock_timeout and retries, so inserts (intake) are not queued behind it meanwhile."""
+    conn = await env.conn()
+    store = FilePayloadStore(env.settings.resolve(env.settings.storage.payload_dir))
+    current = Month.of(datetime.now(UTC))
+    month = current.plus(1)
+    k, at = _kenmerk_in(month)
+    await _insert(conn, k, at=at)
+    reader = await db.connect(env.db_url)
+    purger = await db.connect(env.db_url)
+    try:
+        tx = reader.transaction()
+        await tx.start()
+        await reader.fetchval("SELECT count(*) FROM statuses")  # holds every partition
+        purge = asyncio.create_task(
+            partitions.purge_month(
+                purger, str(month), store, now=month.end + timedelta(days=500), lock_timeout_ms=50
+            )
+        )
+        # intake goes on while the purge keeps retrying its DETACH
+        for _ in range(5):
+            n, n_at = _kenmerk_in(current, 2)
+            await asyncio.wait_for(_insert(conn, n, at=n_at), timeout=10)
+            assert not purge.done()
+        await tx.rollback()
+        result = await asyncio.wait_for(purge, timeout=60)
+        assert result.envelopes == 1
+        assert await _count(conn, "envelopes", [k]) == 0
+    finally:
+        await reader.close()
+        await purger.close()
