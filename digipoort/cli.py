@@ -584,6 +584,7 @@ def _load_plugin_commands() -> None:
 
 
 main.add_command(__import__("digipoort.archive.cli").archive.cli.archive)  # archive verify|show
+main.add_command(__import__("digipoort.historycli", fromlist=["history"]).history)
 _load_plugin_commands()
 
 if __name__ == "__main__":

@@ -156,6 +156,24 @@ class GroteBerichtenConfig(BaseModel):
     retention_hours: float = 7 * 24
 
 
+class HistoryConfig(BaseModel):
+    """History partitions and retention (docs/reliability.md, "Retention and partitions"):
+    the ``retention`` component creates monthly partitions ahead and purges whole months
+    once every envelope in them is past its berichtsoort's retention after its last status."""
+
+    # months kept after the last status, unless the berichtsoort has its own below
+    retention_months: int = Field(default=13, ge=1, le=1200)
+    retention_months_per_berichtsoort: dict[str, int] = Field(default_factory=dict)
+    # partitions exist for the current month and this many months ahead
+    months_ahead: int = Field(default=3, ge=1, le=24)
+    # purge expired months automatically (false: only `digipoort history purge`)
+    purge: bool = True
+    # when set, each month is exported here (gzipped CSV + manifest) before it is purged
+    export_dir: Path | None = None
+    # DETACH/ATTACH wait at most this long for their lock per attempt (then retry)
+    lock_timeout_ms: int = Field(default=200, ge=10, le=10_000)
+
+
 class IntakeConfig(BaseModel):
     max_batch: int = 256
     # A submission whose hand-off to RabbitMQ was not confirmed is republished by the
@@ -248,6 +266,7 @@ class Settings(BaseSettings):
     ftp: FtpConfig = Field(default_factory=FtpConfig)
     aflever: AfleverConfig = Field(default_factory=AfleverConfig)
     grote_berichten: GroteBerichtenConfig = Field(default_factory=GroteBerichtenConfig)
+    history: HistoryConfig = Field(default_factory=HistoryConfig)
     intake: IntakeConfig = Field(default_factory=IntakeConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from uuid import UUID
@@ -115,3 +117,18 @@ class EnvelopeRecord:
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def new_kenmerk(at_ms: int | None = None) -> UUID:
+    """A new kenmerk: a UUIDv7 (RFC 9562) — 48 bits of Unix time in ms, then 74 random
+    bits. Time-ordered, so the kenmerken of one month form one uuid range: the history
+    tables are partitioned by month on kenmerk (docs/reliability.md, "Retention and
+    partitions")."""
+    ms = time.time_ns() // 1_000_000 if at_ms is None else at_ms
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (ms & 0xFFFF_FFFF_FFFF) << 80
+    value |= 0x7 << 76  # version 7
+    value |= ((rand >> 62) & 0xFFF) << 64  # rand_a (12 bits)
+    value |= 0x2 << 62  # variant 10
+    value |= rand & 0x3FFF_FFFF_FFFF_FFFF  # rand_b (62 bits)
+    return UUID(int=value)

@@ -29,7 +29,14 @@ import structlog
 from digipoort import metrics, resubmission
 from digipoort.broker import VALIDATE, Broker
 from digipoort.config import LimitsConfig, StorageConfig
-from digipoort.envelope import Aanlevering, Accepted, Document, StoredDocument, sha256_hex
+from digipoort.envelope import (
+    Aanlevering,
+    Accepted,
+    Document,
+    StoredDocument,
+    new_kenmerk,
+    sha256_hex,
+)
 from digipoort.envelopestore import NewEnvelope, insert_envelopes, mark_handed_off
 from digipoort.payloads import PayloadStore
 from digipoort.registry_store import RegistryHolder
@@ -160,7 +167,7 @@ class Intake:
             log.error("payload opslag mislukt", error=str(exc))
             raise IntakeUnavailable("payload storage failed") from exc
         key = resubmission.sleutel(a, documents) if self._window > 0 else None
-        pending = _Pending(NewEnvelope(uuid.uuid4(), now(), a, documents), key)
+        pending = _Pending(NewEnvelope(new_kenmerk(), now(), a, documents), key)
         self._queue.put_nowait(pending)
         accepted = await pending.future
         if pending.original is not None:

@@ -177,3 +177,19 @@ CERTIFICATE_EXPIRY = Gauge(
     ["subject", "kind"],
     multiprocess_mode="livemin",
 )
+
+# -- history partitions and retention (digipoort/partitions.py) ----------------------------
+HISTORY_PURGED = Counter(
+    "digipoort_history_months_purged_total", "History months (partitions) purged."
+)
+HISTORY_PURGED_ENVELOPES = Counter(
+    "digipoort_history_envelopes_purged_total", "Envelopes removed with purged months."
+)
+HISTORY_PURGE_SECONDS = Histogram(
+    "digipoort_history_purge_seconds",
+    "Time to purge one month (detach, drop, payload files).",
+    buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
+HISTORY_PARTITIONS_CREATED = Counter(
+    "digipoort_history_partitions_created_total", "Monthly partitions created ahead."
+)

@@ -6,6 +6,10 @@ no delivery still pending — submitted longer ago than the retention period, an
 it was delivered by reference, every recipient has fetched it completely longer ago than
 the retention period or the reference has expired. Never before. Small documents live in
 PostgreSQL and are not touched. Runs as the ``retention`` component.
+
+The same component keeps the monthly history partitions (digipoort/partitions.py): at
+start and daily it creates the partitions of the coming months and purges the months
+whose every envelope is past its berichtsoort's retention (history.* config keys).
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ import asyncpg
 import structlog
 from prometheus_client import Counter
 
+from digipoort import partitions
 from digipoort.app import Gateway
+from digipoort.config import HistoryConfig
 from digipoort.payloads import PayloadStore
 
 log = structlog.get_logger(__name__)
@@ -90,11 +96,67 @@ async def sweep_once(
     return removed
 
 
+def policy(config: HistoryConfig) -> partitions.RetentionPolicy:
+    return partitions.RetentionPolicy(
+        default=config.retention_months, per_berichtsoort=config.retention_months_per_berichtsoort
+    )
+
+
+async def maintain_history(
+    pool: asyncpg.Pool, store: PayloadStore, config: HistoryConfig
+) -> list[partitions.PurgeResult]:
+    """Create the coming months' partitions; purge expired months (exported first when
+    history.export_dir is set). Skipped while another process runs it."""
+    purged: list[partitions.PurgeResult] = []
+    async with pool.acquire() as conn:
+        if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", partitions.HISTORY_LOCK):
+            return purged
+        try:
+            await partitions.ensure_ahead(
+                conn, ahead=config.months_ahead, lock_timeout_ms=config.lock_timeout_ms
+            )
+            await partitions.analyze_parents(conn)
+            if not config.purge:
+                return purged
+            for state in await partitions.expired(conn, policy(config)):
+                export = None
+                if config.export_dir is not None:
+                    export = await partitions.export_month(conn, state.name, config.export_dir)
+                purged.append(
+                    await partitions.purge_month(
+                        conn,
+                        state.name,
+                        store,
+                        export_path=export,
+                        lock_timeout_ms=config.lock_timeout_ms,
+                    )
+                )
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", partitions.HISTORY_LOCK)
+    return purged
+
+
 async def start(gateway: Gateway) -> Callable[[], Awaitable[None]]:
     assert gateway.pool is not None and gateway.store is not None
     pool, store = gateway.pool, gateway.store
     retention = gateway.settings.grote_berichten.retention_hours * 3600
     stopping = asyncio.Event()
+    history = gateway.settings.history
+    if history.export_dir is not None:
+        history = history.model_copy(
+            update={"export_dir": gateway.settings.resolve(history.export_dir)}
+        )
+
+    async def history_loop() -> None:
+        while not stopping.is_set():
+            try:
+                await maintain_history(pool, store, history)
+            except Exception as exc:
+                log.error("history maintenance failed", error=str(exc))
+            try:
+                await asyncio.wait_for(stopping.wait(), timeout=24 * 3600)
+            except TimeoutError:
+                pass
 
     async def loop() -> None:
         while not stopping.is_set():
@@ -108,9 +170,11 @@ async def start(gateway: Gateway) -> Callable[[], Awaitable[None]]:
                 pass
 
     task = asyncio.get_running_loop().create_task(loop())
+    history_task = asyncio.get_running_loop().create_task(history_loop())
 
     async def stop() -> None:
         stopping.set()
         await task
+        await history_task
 
     return stop

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -61,7 +60,7 @@ from adapters.wus.wssecurity import (
 from adapters.wus.zetstatus import EXTRA_OPERATIONS, ZET_STATUS, zet_status
 from digipoort import archive, metrics
 from digipoort.config import Settings
-from digipoort.envelope import Aanlevering
+from digipoort.envelope import Aanlevering, new_kenmerk
 from digipoort.intake import Intake, IntakeRefused, IntakeUnavailable
 from digipoort.outages import is_outage
 from digipoort.payloads import PayloadStore
@@ -432,7 +431,7 @@ class WusService:
             )
         if scenario.aanlever_delay:
             await asyncio.sleep(conformance.ZWAARBELAST_DELAY)
-        kenmerk, tijdstempel = uuid.uuid4(), now()
+        kenmerk, tijdstempel = new_kenmerk(), now()
         await store.insert_conformance_envelope(
             self.pool,
             kenmerk=kenmerk,

@@ -144,15 +144,14 @@ async def nieuwe_statussen_proces(
     rows = await pool.fetch(
         f"""
         WITH cand AS (
-            SELECT s.id FROM statuses s
+            SELECT {_STATUS_COLUMNS} FROM statuses s JOIN envelopes e USING (kenmerk)
             WHERE s.kenmerk = $1 AND $2::int IS NULL AND {_WINDOW} AND {_RECENT}
             ORDER BY s.id LIMIT {MAX_RESULTS}
         ), ins AS (
-            INSERT INTO wus_statuses_returned (caller_oin, status_id)
-            SELECT $5, id FROM cand ON CONFLICT DO NOTHING RETURNING status_id
+            INSERT INTO wus_statuses_returned (caller_oin, status_id, kenmerk)
+            SELECT $5, id, kenmerk FROM cand ON CONFLICT DO NOTHING RETURNING status_id
         )
-        SELECT {_STATUS_COLUMNS} FROM statuses s JOIN envelopes e USING (kenmerk)
-        WHERE s.id IN (SELECT status_id FROM ins) ORDER BY s.id
+        SELECT * FROM cand WHERE id IN (SELECT status_id FROM ins) ORDER BY id
         """,  # noqa: S608
         kenmerk,
         None,
@@ -176,19 +175,19 @@ async def nieuwe_statussen(
     rows = await pool.fetch(
         f"""
         WITH cand AS (
-            SELECT s.id FROM statuses s JOIN envelopes e USING (kenmerk)
+            SELECT {_STATUS_COLUMNS} FROM statuses s JOIN envelopes e USING (kenmerk)
             WHERE {_VISIBLE} AND {_WINDOW} AND {_RECENT}
               AND e.berichtsoort = $5 AND e.belanghebbende_nummer = $6
               AND e.belanghebbende_type = $7
               AND NOT EXISTS (SELECT 1 FROM wus_statuses_returned r
-                              WHERE r.caller_oin = $1 AND r.status_id = s.id)
+                              WHERE r.kenmerk = s.kenmerk AND r.caller_oin = $1
+                                AND r.status_id = s.id)
             ORDER BY s.id LIMIT {MAX_RESULTS}
         ), ins AS (
-            INSERT INTO wus_statuses_returned (caller_oin, status_id)
-            SELECT $1, id FROM cand ON CONFLICT DO NOTHING RETURNING status_id
+            INSERT INTO wus_statuses_returned (caller_oin, status_id, kenmerk)
+            SELECT $1, id, kenmerk FROM cand ON CONFLICT DO NOTHING RETURNING status_id
         )
-        SELECT {_STATUS_COLUMNS} FROM statuses s JOIN envelopes e USING (kenmerk)
-        WHERE s.id IN (SELECT status_id FROM ins) ORDER BY s.id
+        SELECT * FROM cand WHERE id IN (SELECT status_id FROM ins) ORDER BY id
         """,  # noqa: S608
         caller,
         autorisatie_adres,
