@@ -276,6 +276,10 @@ def serve(config_path: Path | None, components: str | None, processes: int) -> N
             "usage",
             2,
         )
+    if processes > 1:
+        from digipoort.supervisor import check_plan
+
+        check_plan(names, processes)  # FTP runs in one of them
     if os.environ.get(CHILD_ENV) is None:  # the supervisor checked for its children
         _run(lambda: _check_serve_prerequisites(settings, names))
 
@@ -285,9 +289,7 @@ def serve(config_path: Path | None, components: str | None, processes: int) -> N
         args = ["serve"]
         if config_path is not None:
             args += ["--config", str(config_path)]
-        if components:
-            args += ["--components", components]
-        sys.exit(supervise(args, processes))
+        sys.exit(supervise(args, processes, names))
 
     async def go() -> None:
         gateway = Gateway(settings, components=names)
@@ -318,6 +320,12 @@ async def _check_serve_prerequisites(settings: Settings, names: tuple[str, ...])
             ports.append((section, config.host, config.port))
     for section, host, port in ports:
         prerequisites.check_port_free(host, port, f"{section}.port")
+    if "ftp" in names:  # the passive data ports too: FTP binds them per transfer
+        ftp = settings.ftp
+        prerequisites.check_port_range_free(
+            ftp.host, ftp.passive_port_min, ftp.passive_port_max,
+            "ftp.passive_port_min/passive_port_max",
+        )  # fmt: skip
     await prerequisites.check_database(settings.database.url)
     await prerequisites.check_broker(settings.broker.url)
 
