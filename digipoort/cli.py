@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 from uuid import UUID
 
 import click
@@ -139,7 +140,9 @@ def setup(config_path: Path | None, as_json: bool) -> None:
         created = await provision.ensure_database(settings.database.url)
         vhost = provision.vhost_of(settings.broker.url)
         step(f"RabbitMQ vhost {vhost}")
-        await provision.Management(settings.broker.management_url).ensure_vhost(vhost)
+        # the permissions go to the gateway's own AMQP user (not always guest)
+        user = unquote(urlsplit(settings.broker.url).username or "guest")
+        await provision.Management(settings.broker.management_url).ensure_vhost(vhost, user)
         step("migrations")
         applied = await db.migrate_url(settings.database.url)
         step("broker topology")

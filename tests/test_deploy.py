@@ -17,7 +17,9 @@ import asyncpg
 import yaml
 
 from digipoort import broker as broker_mod
-from tests.support import PG_ADMIN, Env
+from digipoort.provision import Management
+from tests.cli_support import cli
+from tests.support import AMQP, MGMT, PG_ADMIN, Env
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -145,6 +147,28 @@ async def test_wait_for_setup_script_against_a_real_database(env: Env, tmp_path:
     assert partial.returncode == 1 and "migrations pending:" in partial.stderr, partial
     gone = await asyncio.to_thread(_run_wait, script, "postgresql://nobody@127.0.0.1:9/x")
     assert gone.returncode == 1 and "database not reachable" in gone.stderr, gone
+
+
+# -- setup ---------------------------------------------------------------------------------
+async def test_setup_grants_the_vhost_to_the_gateways_own_user(env: Env) -> None:
+    """In compose and Kubernetes the gateway's AMQP user is not guest (the definitions have
+    no guest): `digipoort setup` gives the vhost to the user of broker.url. Before, it
+    granted guest and failed where guest does not exist (the compose stack's setup)."""
+    mgmt = Management(MGMT)
+    user = f"dptest_user_{uuid.uuid4().hex[:8]}"
+    password = uuid.uuid4().hex
+    await mgmt.request("PUT", f"/users/{user}", {"password": password, "tags": ""})
+    try:
+        host = AMQP.split("@", 1)[1]
+        result = await cli(
+            "setup", "--config", str(env.config_path),
+            env={"DIGIPOORT_BROKER__URL": f"amqp://{user}:{password}@{host}/{env.name}"},
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        permissions = await mgmt.request("GET", f"/permissions/{env.name}/{user}")
+        assert isinstance(permissions, dict) and permissions["configure"] == ".*"
+    finally:
+        await mgmt.request("DELETE", f"/users/{user}")
 
 
 # -- compose ---------------------------------------------------------------------------------

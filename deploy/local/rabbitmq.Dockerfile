@@ -7,7 +7,8 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/* \
     && mkdir -p /var/lib/rabbitmq /etc/rabbitmq \
     && chown -R rabbitmq:rabbitmq /var/lib/rabbitmq
+COPY rabbitmq-entrypoint.sh /usr/local/bin/rabbitmq-entrypoint.sh
 ENV RABBITMQ_LOGS=- PATH=/usr/lib/rabbitmq/bin:$PATH HOME=/var/lib/rabbitmq
 USER rabbitmq
 EXPOSE 5672 15672 15692
-CMD ["rabbitmq-server"]
+ENTRYPOINT ["/usr/local/bin/rabbitmq-entrypoint.sh"]
