@@ -29,7 +29,7 @@ from digipoort.prerequisites import _listeners
 from tests.cli_support import cli
 from tests.support import SAMPLES, free_port, wait_for
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_DIR = ROOT / "deploy" / "compose"
