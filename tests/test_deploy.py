@@ -14,11 +14,18 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import pytest
 import yaml
 
 from digipoort import broker as broker_mod
 from digipoort.provision import Management
 from tests.cli_support import cli
+from tests.servers import (  # noqa: F401 - fixtures
+    OwnServers,
+    own_env_fixture,
+    servers_available,
+    servers_fixture,
+)
 from tests.support import AMQP, MGMT, PG_ADMIN, Env
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -171,6 +178,35 @@ async def test_setup_grants_the_vhost_to_the_gateways_own_user(env: Env) -> None
         await mgmt.request("DELETE", f"/users/{user}")
 
 
+# -- stopping --------------------------------------------------------------------------------
+@pytest.mark.skipif(not servers_available(), reason="needs rabbitmq-server and initdb/pg_ctl")
+@pytest.mark.slow
+async def test_every_role_stops_during_a_broker_outage(servers: OwnServers, own_env: Env) -> None:
+    """`docker stop` / a pod's termination while RabbitMQ is gone: each role's components
+    stop within the grace period (before, deadletters and statusreports waited for the
+    broker forever and were SIGKILLed after 60 s — seen in the compose stack)."""
+    roles = {
+        "stages": ("validator", "router"),
+        "ops": ("retention", "deadletters", "statusreports", "opsmetrics"),
+        "deliverer": ("deliverer",),
+    }
+    gateways = {
+        role: await own_env.start_gateway(components=names, serve_http=False)
+        for role, names in roles.items()
+    }
+    await servers.rabbit.stop()
+    try:
+        for role, gateway in gateways.items():
+            try:
+                async with asyncio.timeout(30):  # the grace period is 60 s
+                    await gateway.stop()
+                own_env.gateways.remove(gateway)
+            except TimeoutError:
+                pytest.fail(f"the {role} role did not stop within 30 s of SIGTERM")
+    finally:
+        await servers.rabbit.start()
+
+
 # -- compose ---------------------------------------------------------------------------------
 def test_compose_gateways_wait_for_setup_and_ftp_has_one_process() -> None:
     compose = yaml.safe_load((COMPOSE / "compose.yaml").read_text(encoding="utf-8"))
@@ -182,6 +218,8 @@ def test_compose_gateways_wait_for_setup_and_ftp_has_one_process() -> None:
     for name, svc in services.items():
         if svc.get("image") == "digipoort:latest" and name != "setup":
             assert svc["depends_on"]["setup"]["condition"] == "service_completed_successfully"
+            # and stopped before the broker and the database (shutdown follows depends_on)
+            assert {"rabbitmq", "postgres"} <= set(svc["depends_on"]), name
     cmd = services["ingress"]["command"]
     assert "ftp" in cmd[cmd.index("--components") + 1].split(",")
     # FTP in one of the processes (digipoort/supervisor.py): --processes is safe with it
