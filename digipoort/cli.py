@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 from uuid import UUID
 
 import click
@@ -139,7 +140,9 @@ def setup(config_path: Path | None, as_json: bool) -> None:
         created = await provision.ensure_database(settings.database.url)
         vhost = provision.vhost_of(settings.broker.url)
         step(f"RabbitMQ vhost {vhost}")
-        await provision.Management(settings.broker.management_url).ensure_vhost(vhost)
+        # the permissions go to the gateway's own AMQP user (not always guest)
+        user = unquote(urlsplit(settings.broker.url).username or "guest")
+        await provision.Management(settings.broker.management_url).ensure_vhost(vhost, user)
         step("migrations")
         applied = await db.migrate_url(settings.database.url)
         step("broker topology")
@@ -276,6 +279,10 @@ def serve(config_path: Path | None, components: str | None, processes: int) -> N
             "usage",
             2,
         )
+    if processes > 1:
+        from digipoort.supervisor import check_plan
+
+        check_plan(names, processes)  # FTP runs in one of them
     if os.environ.get(CHILD_ENV) is None:  # the supervisor checked for its children
         _run(lambda: _check_serve_prerequisites(settings, names))
 
@@ -285,9 +292,7 @@ def serve(config_path: Path | None, components: str | None, processes: int) -> N
         args = ["serve"]
         if config_path is not None:
             args += ["--config", str(config_path)]
-        if components:
-            args += ["--components", components]
-        sys.exit(supervise(args, processes))
+        sys.exit(supervise(args, processes, names))
 
     async def go() -> None:
         gateway = Gateway(settings, components=names)
@@ -318,6 +323,12 @@ async def _check_serve_prerequisites(settings: Settings, names: tuple[str, ...])
             ports.append((section, config.host, config.port))
     for section, host, port in ports:
         prerequisites.check_port_free(host, port, f"{section}.port")
+    if "ftp" in names:  # the passive data ports too: FTP binds them per transfer
+        ftp = settings.ftp
+        prerequisites.check_port_range_free(
+            ftp.host, ftp.passive_port_min, ftp.passive_port_max,
+            "ftp.passive_port_min/passive_port_max",
+        )  # fmt: skip
     await prerequisites.check_database(settings.database.url)
     await prerequisites.check_broker(settings.broker.url)
 

@@ -208,3 +208,44 @@ def port_in_use(port: int | None, setting: str | None) -> PrerequisiteError:
         f"program{shows}; stop it, or move the port",
         "port-in-use",
     )
+
+
+def _listeners() -> list[tuple[str, int]] | None:
+    """The listening TCP sockets (address, port) of this host, from /proc/net/tcp{,6};
+    None where that is not readable (not Linux)."""
+    found: list[tuple[str, int]] = []
+    for name, family in (("/proc/net/tcp", socket.AF_INET), ("/proc/net/tcp6", socket.AF_INET6)):
+        try:
+            with open(name, encoding="ascii") as fh:
+                lines = fh.readlines()[1:]
+        except OSError:
+            if family == socket.AF_INET:
+                return None
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) < 4 or fields[3] != "0A":  # TCP_LISTEN
+                continue
+            address, port = fields[1].split(":")
+            raw = bytes.fromhex(address)
+            # /proc shows the address as 32-bit words in host (little-endian) order
+            raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+            found.append((socket.inet_ntop(family, raw), int(port, 16)))
+    return found
+
+
+def check_port_range_free(host: str, low: int, high: int, setting: str) -> None:
+    """No program listens on a port of ``low..high`` (FTP's passive range) where ``host``
+    would bind. A bind probe would be wrong here: outgoing connections of any program hold
+    ephemeral ports in such a range for a moment, and FTP skips a busy port anyway; what
+    breaks passive mode is a listener that keeps ports of the range (another FTP server,
+    a container engine's published ports)."""
+    listeners = _listeners()
+    if listeners is None or low <= 0:
+        return
+    wildcard = {"0.0.0.0", "::"}  # noqa: S104  (compared, not bound)
+    for address, port in listeners:
+        if not low <= port <= high:
+            continue
+        if host in wildcard or address in wildcard or address in (host, f"::ffff:{host}"):
+            raise port_in_use(port, setting)

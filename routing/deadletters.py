@@ -203,9 +203,10 @@ async def start(gateway: Gateway) -> Callable[[], Awaitable[None]]:
     tag = await queue.consume(handler.on_message)
 
     async def stop() -> None:
-        try:
-            await queue.cancel(tag)
-            await channel.close()
+        try:  # bounded: during a broker outage nobody answers (SIGTERM must still stop)
+            async with asyncio.timeout(5):
+                await queue.cancel(tag)
+                await channel.close()
         except Exception as exc:
             log.debug("deadletters stop", error=repr(exc))
 
