@@ -15,7 +15,9 @@ Per request, cheapest checks first (docs/wus.md):
    operation of *this* endpoint, wsa:To == this endpoint's public address.
 4. WS-Security (``wssecurity.verify_envelope``); the BinarySecurityToken's certificate is
    verified like the TLS one and must carry the same OIN; replayed wsa:MessageIDs are
-   refused.
+   refused (for aanleveren the wsa:MessageID is recorded by intake, in the statement that
+   creates the envelope; a request refused before that records it then, so a replayed
+   request is still answered as a replay).
 5. The operation. Answers are signed with the gateway's certificate; faults are not.
 """
 
@@ -112,6 +114,9 @@ class _Seen:
     operation: WusOperation | None = None
     message_id: str | None = None
     large_slot: bool = False  # holds one of LARGE_SLOTS (released when the answer is ready)
+    # aanleveren: the wsa:MessageID still to be recorded (intake records it with the
+    # envelope; a request refused before that records it on the refusal path)
+    replay_deferred: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -120,6 +125,7 @@ class Caller:
     parsed: ParsedEnvelope
     operation: WusOperation
     security: VerifiedSecurity
+    seen: _Seen
 
 
 class WusService:
@@ -191,6 +197,7 @@ class WusService:
             answer = await self._dispatch(caller, bound)
             response_xml = self._signed_response(caller, answer)
         except Refusal as refusal:
+            refusal = await self._replay_or(refusal, seen)
             return self._fault(service, seen, refusal, started, bound)
         except Exception as exc:  # pragma: no cover - defensive: never a stack trace out
             bound.error("wus.internal_error", error=repr(exc))
@@ -274,15 +281,37 @@ class WusService:
                 "bst_oin_mismatch",
                 "het OIN van het ondertekeningscertificaat verschilt van dat van de TLS-verbinding",
             )
+        seen.replay_deferred = (tls_oin, parsed.message_id)
+        if operation.name != "aanleveren" or self.intake is None:
+            await self._check_replay(seen)
+        return Caller(tls_oin, parsed, operation, security, seen)
+
+    async def _check_replay(self, seen: _Seen) -> None:
+        """Record the request's wsa:MessageID on its own; a replay is refused."""
+        if seen.replay_deferred is None:
+            return
+        oin, message_id = seen.replay_deferred
+        seen.replay_deferred = None
         try:
-            fresh = await store.remember_message_id(self.pool, tls_oin, parsed.message_id)
+            fresh = await store.remember_message_id(self.pool, oin, message_id)
         except Exception as exc:  # a database outage is a database failure, not ours
             if not is_outage(exc):
                 raise
             raise Refusal("technical", "database_unavailable", public=False) from exc
         if not fresh:
             raise Refusal("timestamp", "replayed_message_id", public=False)
-        return Caller(tls_oin, parsed, operation, security)
+
+    async def _replay_or(self, refusal: Refusal, seen: _Seen) -> Refusal:
+        """An aanleveren refused before intake recorded its wsa:MessageID: record it now,
+        and answer a replay as a replay (as if checked first). A technical refusal records
+        nothing: the client may send the same request again."""
+        if seen.replay_deferred is None or refusal.kind == "technical":
+            return refusal
+        try:
+            await self._check_replay(seen)
+        except Refusal as replay:
+            return replay if replay.reason == "replayed_message_id" else refusal
+        return refusal
 
     def _parse(self, body: bytes, allow_huge: bool) -> ParsedEnvelope:
         try:
@@ -377,6 +406,7 @@ class WusService:
             raise Refusal("malformed", "xsd", str(exc)) from None
         bound = bound.bind(berichtsoort=verzoek.berichtsoort)
         if self.conformance_mode and verzoek.berichtsoort == conformance.BERICHTSOORT:
+            await self._check_replay(caller.seen)
             return await self._conformance_aanleveren(caller, verzoek, bound)
         if self.intake is None:
             raise Refusal("technical", "no_intake", public=False)
@@ -395,14 +425,19 @@ class WusService:
             autorisatie_adres=verzoek.autorisatie_adres,
             berichtkenmerk=caller.parsed.message_id,
         )
+        replay = store.message_id_digest(caller.parsed.message_id)
         try:
-            accepted = await self.intake.aanleveren(aanlevering)
+            accepted = await self.intake.aanleveren(aanlevering, replay=replay)
         except IntakeRefused as exc:
+            if exc.reden == IntakeRefused.REPLAY:
+                caller.seen.replay_deferred = None
+                raise Refusal("timestamp", "replayed_message_id", public=False) from None
             raise Refusal(
                 _INTAKE_KINDS.get(exc.reden, "authorisation"), exc.reden, exc.melding
             ) from None
         except IntakeUnavailable:
             raise Refusal("technical", "intake_unavailable", public=False) from None
+        caller.seen.replay_deferred = None  # recorded with the envelope
         bound.info("wus.aangeleverd", kenmerk=str(accepted.kenmerk))
         return messages.aanlever_response(
             verzoek, str(accepted.kenmerk), accepted.tijdstempel_aangeleverd
