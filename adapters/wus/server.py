@@ -28,7 +28,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Final, Literal
 
 import asyncpg
@@ -43,12 +43,11 @@ from adapters.wus.addressing import EndpointAddresses
 from adapters.wus.codes import FAULT_NUMBERS, Kind, Refusal
 from adapters.wus.ophaal import OPERATIONS as OPHAAL_OPERATIONS
 from adapters.wus.ophaal import Ophaalservice
+from adapters.wus.response_signing import ResponseSigner
 from adapters.wus.soap import (
-    WSA_ANONYMOUS,
     ParsedEnvelope,
     SoapError,
     WusOperation,
-    build_envelope,
     build_fault,
     operation_for_action,
     parse_envelope,
@@ -57,7 +56,6 @@ from adapters.wus.wsdl import SERVICES, XSD_NAME, Service, render_wsdl, xsd
 from adapters.wus.wssecurity import (
     VerifiedSecurity,
     WSSecurityError,
-    sign_envelope,
     verify_envelope,
 )
 from adapters.wus.zetstatus import EXTRA_OPERATIONS, ZET_STATUS, zet_status
@@ -151,6 +149,7 @@ class WusService:
         self.verifier = verifier
         self.signing_key = signing_key
         self.signing_cert = signing_cert
+        self.signer = ResponseSigner(signing_key, signing_cert)
         self.conformance_mode = conformance_mode
         self.public_url = settings.wus.public_url.rstrip("/")
         self.addresses = EndpointAddresses(self.public_url, settings.wus.accepted_urls)
@@ -547,16 +546,17 @@ class WusService:
     # ------------------------------------------------------------------ answers
 
     def _signed_response(self, caller: Caller, answer: etree._Element) -> bytes:
-        envelope = build_envelope(
-            answer,
-            action=caller.operation.response_action,
-            to=WSA_ANONYMOUS,
-            relates_to=caller.parsed.message_id,
-        )
+        """The answer, signed from the pre-canonicalised skeleton (response_signing)."""
         algorithm: Literal["sha1", "sha256"] = (
             "sha1" if caller.security.algorithm == "rsa-sha1" else "sha256"
         )
-        return sign_envelope(envelope, self.signing_key, self.signing_cert, algorithm=algorithm)
+        return self.signer.sign(
+            answer,
+            action=caller.operation.response_action,
+            relates_to=caller.parsed.message_id,
+            algorithm=algorithm,
+            now=datetime.now(UTC),
+        )
 
     def _fault(
         self,
