@@ -28,7 +28,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from digipoort import db, httpguard, metrics, opsmetrics
 from digipoort.broker import Broker
 from digipoort.config import Settings, redact_url
-from digipoort.intake import Intake
+from digipoort.intake import MARK_DELAY, Intake
 from digipoort.payloads import FilePayloadStore
 from digipoort.registry import Registry
 from digipoort.registry_store import RegistryHolder
@@ -121,6 +121,8 @@ class Gateway:
                 storage=s.storage,
                 max_batch=s.intake.max_batch,
                 resubmission_window_seconds=s.intake.resubmission_window_seconds,
+                # a confirmed hand-off is recorded well before the sweeper would act on it
+                mark_delay=min(MARK_DELAY, s.intake.sweep_grace_seconds / 4),
             )
             await self.intake.start()
             self._stops.append(self.intake.stop)

@@ -161,7 +161,9 @@ class IntakeConfig(BaseModel):
     # A submission whose hand-off to RabbitMQ was not confirmed is republished by the
     # sweeper once it is older than this.
     sweep_grace_seconds: float = 10.0
-    sweep_interval_seconds: float = 5.0
+    # A long interval (issue 15 item 5: no busy polling); a sweep that finds a full batch
+    # sweeps again at once, so a backlog (broker outage) drains at full speed.
+    sweep_interval_seconds: float = 30.0
     # Idempotent resubmission (docs/reliability.md): the same sender, berichtsoort,
     # aanleverkenmerk and documents within this many seconds get the original kenmerk
     # back instead of a new envelope. 0 disables it.

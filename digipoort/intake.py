@@ -97,6 +97,7 @@ class Intake:
         max_batch: int = 256,
         writers: int = 4,
         resubmission_window_seconds: float = 24 * 3600.0,
+        mark_delay: float = MARK_DELAY,
     ) -> None:
         self._pool = pool
         self._broker = broker
@@ -106,6 +107,7 @@ class Intake:
         self._storage = storage
         self._max_batch = max_batch
         self._window = resubmission_window_seconds
+        self._mark_delay = mark_delay
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._writers = writers
         self._tasks: list[asyncio.Task[None]] = []
@@ -344,10 +346,11 @@ class Intake:
 
     async def _flush_marks(self) -> None:
         """Mark confirmed envelopes that no group commit took along within MARK_DELAY
-        (a quiet gateway); under load every batch takes them for free."""
+        (a quiet gateway; ``mark_delay``, MARK_DELAY at most); under load every batch takes
+        them for free."""
         while True:
             await self._marks_waiting.wait()
-            await asyncio.sleep(MARK_DELAY)
+            await asyncio.sleep(self._mark_delay)
             self._marks_waiting.clear()
             marks, self._confirmed = self._confirmed, []
             if not marks:

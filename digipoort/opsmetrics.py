@@ -7,7 +7,15 @@
   every ``interval`` seconds (15 by default) reads RabbitMQ's management API for the
   queues of the gateway's vhost into ``digipoort_queue_messages{queue}`` /
   ``digipoort_queue_consumers{queue}``, and the gateway certificate, trust anchors,
-  intermediates and CRLs into ``digipoort_certificate_expiry_seconds{subject,kind}``.
+  intermediates and CRLs into ``digipoort_certificate_expiry_seconds{subject,kind}``, and
+  the planner statistics of the hot tables (issue 15 item 7) from ``pg_stat_user_tables``
+  into ``digipoort_db_stats_age_seconds{table}`` (since the last ANALYZE or autoanalyze;
+  +Inf: never), ``digipoort_db_modified_since_analyze_ratio{table}`` (rows changed since
+  then / live rows) and ``digipoort_db_dead_tuple_ratio{table}`` (dead / (live + dead)).
+  Stale statistics make the planner scan whole tables (alert ``DigipoortStaleStatistics``).
+
+The component needs only the process's settings and database pool (:class:`Host`); it
+does not import :mod:`digipoort.app` (which imports this module for the pool sampler).
 
 Run the component in one process per deployment (more is harmless: the gauges are
 ``livemax``/``livemin``, a scrape of any process shows the same figures). Labels are
@@ -19,29 +27,39 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import Protocol
 from urllib.parse import quote
 
 import asyncpg
 import structlog
 from cryptography import x509
 
-from digipoort import metrics
+from digipoort import db, metrics
 from digipoort.config import Settings
 from digipoort.pki import CertificateVerifier
 from digipoort.pki.wiring import revocation_service
 from digipoort.provision import Management, vhost_of
 
-if TYPE_CHECKING:
-    from digipoort.app import Gateway
-
 log = structlog.get_logger(__name__)
 
 INTERVAL = 15.0
-POOL_INTERVAL = 5.0
+POOL_INTERVAL = 15.0
 QUEUE_PREFIX = "digipoort."
+HOT_TABLES = db.HOT_TABLES
+
+
+class Host(Protocol):
+    """What the component uses of the process (the Gateway provides it)."""
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def pool(self) -> asyncpg.Pool | None: ...
 
 
 # ----------------------------------------------------------------------- database pool
@@ -102,6 +120,45 @@ class QueueGauges:
         self._known = set(queues)
 
 
+# ----------------------------------------------------------------------- table statistics
+
+
+@dataclass(frozen=True)
+class TableStats:
+    age: float  # seconds since the last ANALYZE / autoanalyze; +Inf: never
+    modified_ratio: float  # rows inserted/updated/deleted since then / live rows
+    dead_ratio: float  # dead / (live + dead) rows
+
+
+async def collect_table_stats(
+    conn: asyncpg.Pool | asyncpg.Connection, tables: tuple[str, ...] = HOT_TABLES
+) -> dict[str, TableStats]:
+    """The statistics state of ``tables`` from ``pg_stat_user_tables``."""
+    rows = await conn.fetch(
+        "SELECT relname, n_live_tup, n_dead_tup, n_mod_since_analyze,"
+        " extract(epoch FROM now() - greatest(last_analyze, last_autoanalyze)) AS age"
+        " FROM pg_stat_user_tables WHERE schemaname = current_schema() AND relname = ANY($1)",
+        list(tables),
+    )
+    stats: dict[str, TableStats] = {}
+    for r in rows:
+        live, dead = int(r["n_live_tup"] or 0), int(r["n_dead_tup"] or 0)
+        modified = int(r["n_mod_since_analyze"] or 0)
+        stats[str(r["relname"])] = TableStats(
+            age=math.inf if r["age"] is None else max(0.0, float(r["age"])),
+            modified_ratio=modified / max(live, 1),
+            dead_ratio=dead / (live + dead) if live + dead else 0.0,
+        )
+    return stats
+
+
+def update_table_gauges(stats: dict[str, TableStats]) -> None:
+    for table, st in stats.items():
+        metrics.DB_STATS_AGE.labels(table).set(st.age)
+        metrics.DB_MODIFIED_SINCE_ANALYZE.labels(table).set(st.modified_ratio)
+        metrics.DB_DEAD_TUPLES.labels(table).set(st.dead_ratio)
+
+
 # ----------------------------------------------------------------------- certificates
 
 
@@ -150,10 +207,18 @@ class ExpiryGauges:
 
 
 class OpsCollector:
-    """Samples queue depths and certificate expiry every ``interval`` seconds."""
+    """Samples queue depths, certificate expiry and (given a pool) the hot tables'
+    statistics every ``interval`` seconds."""
 
-    def __init__(self, settings: Settings, *, interval: float = INTERVAL) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        interval: float = INTERVAL,
+        pool: asyncpg.Pool | None = None,
+    ) -> None:
         self.settings = settings
+        self.pool = pool
         self.interval = interval
         self.management = Management(settings.broker.management_url)
         self.vhost = vhost_of(settings.broker.url)
@@ -171,6 +236,11 @@ class OpsCollector:
             self.expiry.update(dates)
         except Exception as exc:
             log.warning("opsmetrics.expiry_failed", error=repr(exc))
+        if self.pool is not None:
+            try:
+                update_table_gauges(await collect_table_stats(self.pool))
+            except Exception as exc:  # the database is down: the next round tries again
+                log.warning("opsmetrics.table_stats_failed", error=repr(exc))
 
     async def run(self, stopping: asyncio.Event) -> None:
         while not stopping.is_set():
@@ -179,9 +249,9 @@ class OpsCollector:
                 await asyncio.wait_for(stopping.wait(), self.interval)
 
 
-async def start(gateway: Gateway) -> Callable[[], Awaitable[None]]:
+async def start(host: Host) -> Callable[[], Awaitable[None]]:
     """The ``opsmetrics`` component."""
-    collector = OpsCollector(gateway.settings)
+    collector = OpsCollector(host.settings, pool=host.pool)
     stopping = asyncio.Event()
     task = asyncio.get_running_loop().create_task(collector.run(stopping))
 
