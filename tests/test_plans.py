@@ -21,18 +21,18 @@ from tests.support import Env
 ENVELOPES = 20_000
 SCANNED_BY_INDEX_ONLY = {"envelopes", "documents", "statuses", "resubmission_keys"}
 
-_SEED = f"""
+_SEED = """
 INSERT INTO envelopes (kenmerk, berichtsoort, koppelvlak, sender_oin, aanleverkenmerk,
     berichtkenmerk, belanghebbende_nummer, belanghebbende_type, rol_belanghebbende,
     tijdstempel_aangeleverd, stage, handed_off)
 SELECT md5(i::text)::uuid, 'Omzetbelasting', 'wus', '00000099100000010000', 'a' || i,
     'b' || i, '123456789', 'Fi', 'Bedrijf', now() - make_interval(secs => i),
     CASE WHEN i % 100 = 0 THEN 'aangeboden' ELSE 'afgeleverd' END, i % 100 <> 0
-FROM generate_series(1, {ENVELOPES}) AS i;
+FROM generate_series(1, 20000) AS i;
 INSERT INTO documents (kenmerk, seq, mime_type, bestandsnaam, size, sha256, data)
 SELECT kenmerk, 0, 'text/xml', 'x.xml', 3, 'abc', '\\x00'::bytea FROM envelopes;
 INSERT INTO statuses (kenmerk, code, tijdstempel, omschrijving)
-SELECT kenmerk, c, tijdstempel_aangeleverd, 'x' FROM envelopes, unnest('{{105,100,110}}'::text[]) c;
+SELECT kenmerk, c, tijdstempel_aangeleverd, 'x' FROM envelopes, unnest('{105,100,110}'::text[]) c;
 INSERT INTO resubmission_keys (sleutel, kenmerk, tijdstempel)
 SELECT decode(md5(kenmerk::text), 'hex'), kenmerk, tijdstempel_aangeleverd FROM envelopes;
 """
