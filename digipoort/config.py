@@ -231,6 +231,8 @@ class Settings(BaseSettings):
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     portal: PortalConfig = Field(default_factory=PortalConfig)
     log_level: str = "info"
+    # auto: uvloop for processes without a TLS listener (digipoort.app.event_loop_for)
+    event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
     config_dir: Path = Path(".")
 
     @classmethod
