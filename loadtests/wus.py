@@ -203,6 +203,17 @@ async def run(env: Env, pki: Path, count: int, rate: float, size: int) -> dict[s
         )
         for r in rows:
             e2e.record_value(max(1, int(float(r["d"]) * 1e6)))
+        await conn.execute("SELECT pg_stat_force_next_flush()")
+        tables = {
+            r["relname"]: r
+            for r in await conn.fetch(
+                "SELECT relname, n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables"
+                " WHERE relname IN ('envelopes', 'deliveries')"
+            )
+        }
+        commits = await conn.fetchval(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+        )
         echo_hist, echo_errors, _ = await drive(client, echo_url, bodies, rate)
         await client.close()
         return {
@@ -221,6 +232,10 @@ async def run(env: Env, pki: Path, count: int, rate: float, size: int) -> dict[s
             "front_cpu": (cpu_accepted - cpu0[0]) / count,
             "front_cpu_all": (cpu1[0] - cpu0[0]) / count,
             "stages_cpu": (cpu1[1] - cpu0[1]) / count,
+            # over the whole run (warm-up included), every process of the database
+            "commits": float(commits) / target,
+            "env_updates": float(tables["envelopes"]["n_tup_upd"]) / target,
+            "env_hot": float(tables["envelopes"]["n_tup_hot_upd"]) / target,
         }
     finally:
         for proc in (front, stages, echo):
@@ -247,6 +262,10 @@ async def main(args: argparse.Namespace) -> None:
     print(
         f"CPU per envelope: front {res['front_cpu']:.2f} ms while accepting, "
         f"{res['front_cpu_all']:.2f} ms until the last 400; stages {res['stages_cpu']:.2f} ms"
+    )
+    print(
+        f"PostgreSQL per envelope (whole run, all processes): {res['commits']:.2f} commits; "
+        f"envelopes updates {res['env_updates']:.2f} of which HOT {res['env_hot']:.2f}"
     )
     print(
         f"ratio WUS/echo p50 {res['accept_p50'] / res['echo_p50']:.1f}x  "
