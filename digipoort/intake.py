@@ -308,31 +308,25 @@ class Intake:
         was created."""
         created: list[_Pending] = []
         todo = pending
-        for _ in range(3):
+        for attempt in range(3):
             if not todo:
                 break
-            outcomes = await accept_batch(
-                conn,
-                [Submission(p.envelope, p.sleutel, p.replay) for p in todo],
-                statuses=_INTAKE_STATUSES,
-                handed_off=marks,
-                window_seconds=self._window,
-            )
+            try:
+                lost = await self._accept_pass(conn, todo, marks, created)
+            except Exception as exc:
+                if attempt == 0:
+                    raise  # nothing was committed: the whole batch fails
+                # the first pass committed: only the submissions still open fail
+                _fail(todo, f"resubmission lookup failed: {exc!r}")
+                return created
             marks = []
-            lost: dict[bytes, list[_Pending]] = {}
-            for p, outcome in zip(todo, outcomes, strict=True):
-                if outcome.created:
-                    created.append(p)
-                elif outcome.replayed:
-                    p.replayed = True
-                elif outcome.original is not None:
-                    p.original = resubmission.Original(*outcome.original)
-                else:
-                    assert p.sleutel is not None
-                    lost.setdefault(p.sleutel, []).append(p)
             todo = []
             if lost:  # claimed by a batch committed while this statement ran
-                found = await resubmission.originals(conn, list(lost))
+                try:
+                    found = await resubmission.originals(conn, list(lost))
+                except Exception as exc:
+                    _fail([p for ps in lost.values() for p in ps], repr(exc))
+                    return created
                 for key, ps in lost.items():
                     for p in ps:
                         if key in found:
@@ -340,9 +334,37 @@ class Intake:
                         else:  # that original vanished meanwhile: claim the key again
                             p.replay = None  # its message id was recorded just now
                             todo.append(p)
-        if todo:
-            raise RuntimeError("resubmission key could not be claimed")
+        _fail(todo, "resubmission key could not be claimed")
         return created
+
+    async def _accept_pass(
+        self,
+        conn: asyncpg.Connection,
+        todo: list[_Pending],
+        marks: list[uuid.UUID],
+        created: list[_Pending],
+    ) -> dict[bytes, list[_Pending]]:
+        """One :func:`accept_batch` statement; returns the submissions whose key a
+        concurrent batch claimed (their original is read separately)."""
+        outcomes = await accept_batch(
+            conn,
+            [Submission(p.envelope, p.sleutel, p.replay) for p in todo],
+            statuses=_INTAKE_STATUSES,
+            handed_off=marks,
+            window_seconds=self._window,
+        )
+        lost: dict[bytes, list[_Pending]] = {}
+        for p, outcome in zip(todo, outcomes, strict=True):
+            if outcome.created:
+                created.append(p)
+            elif outcome.replayed:
+                p.replayed = True
+            elif outcome.original is not None:
+                p.original = resubmission.Original(*outcome.original)
+            else:
+                assert p.sleutel is not None
+                lost.setdefault(p.sleutel, []).append(p)
+        return lost
 
     async def _flush_marks(self) -> None:
         """Mark confirmed envelopes that no group commit took along within MARK_DELAY
@@ -359,3 +381,14 @@ class Intake:
                 await mark_handed_off(self._pool, marks)
             except Exception as exc:  # the sweeper republishes; stages are idempotent
                 log.warning("could not mark hand-off", error=str(exc), count=len(marks))
+
+
+def _fail(pending: list[_Pending], why: str) -> None:
+    """Answer submissions left open after part of their batch committed: nothing of
+    theirs was created, so they get a technical failure (the sender tries again)."""
+    if pending:
+        log.error("intake: submissions left unanswered", error=why, count=len(pending))
+    for p in pending:
+        if not p.future.done():
+            metrics.INTAKE.labels(p.envelope.aanlevering.koppelvlak, "error").inc()
+            p.future.set_exception(IntakeUnavailable("database unavailable"))
