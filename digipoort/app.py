@@ -10,15 +10,24 @@ registry snapshot, and runs any subset of the components:
   package imports none of them: they plug in.
 
 Every process serves ``/metrics``, ``/healthz`` and ``/readyz`` on the HTTP port.
+
+Event loop (issue 15 item 6, :func:`event_loop_for`): ``event_loop = "auto"`` runs a process
+on uvloop when it is installed and every component is in :data:`UVLOOP_COMPONENTS` — those
+without a TLS listener of their own. A process with a TLS port (WUS, SMTP, POP3, FTPS,
+portal) keeps asyncio's loop: uvloop has its own TLS protocol, which drops the alert of a
+refused handshake (clients see an EOF instead of "unknown CA") and bypasses the refusal
+log and metric (:func:`digipoort.pki.tls.install_handshake_alerts` patches asyncio's).
+``"asyncio"`` / ``"uvloop"`` force one (``DIGIPOORT_EVENT_LOOP``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
+from typing import Any, TypeVar
 
 import asyncpg
 import structlog
@@ -28,7 +37,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from digipoort import db, httpguard, metrics, opsmetrics
 from digipoort.broker import Broker
 from digipoort.config import Settings, redact_url
-from digipoort.intake import Intake
+from digipoort.intake import MARK_DELAY, Intake
 from digipoort.payloads import FilePayloadStore
 from digipoort.registry import Registry
 from digipoort.registry_store import RegistryHolder
@@ -41,9 +50,57 @@ CORE_COMPONENTS = ("intake", "sweeper")
 #: away (a process of only these, with the sweeper, stays ready through a broker outage)
 FRONT_COMPONENTS = frozenset({"intake", "sweeper", "wus", "smtp", "pop3", "smtpreturns", "ftp"})
 
+#: Components without a TLS listener: a process of only these may run on uvloop.
+UVLOOP_COMPONENTS = frozenset(
+    {
+        "intake",
+        "sweeper",
+        "validator",
+        "router",
+        "stages",
+        "retention",
+        "deadletters",
+        "statusreports",
+        "deliverer",
+        "opsmetrics",
+    }
+)
+
+T = TypeVar("T")
+
 Component = Callable[["Gateway"], Awaitable[Callable[[], Awaitable[None]]]]
 """A pluggable component (e.g. a koppelvlak adapter): started with the gateway, returns
 its stop function."""
+
+
+def uvloop_available() -> bool:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def event_loop_for(setting: str, components: Iterable[str]) -> str:
+    """``"uvloop"`` or ``"asyncio"`` for a process running ``components``."""
+    if setting == "asyncio":
+        return "asyncio"
+    if setting == "uvloop":
+        if not uvloop_available():
+            raise RuntimeError("event_loop = uvloop, but uvloop is not installed")
+        return "uvloop"
+    safe = set(components) <= UVLOOP_COMPONENTS
+    return "uvloop" if safe and uvloop_available() else "asyncio"
+
+
+def run_on(loop: str, main: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run ``main()`` on a fresh event loop of the kind :func:`event_loop_for` chose."""
+    if loop == "uvloop":
+        import uvloop
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(main())
+    return asyncio.run(main())
 
 
 def plugin_components() -> dict[str, EntryPoint]:
@@ -121,6 +178,8 @@ class Gateway:
                 storage=s.storage,
                 max_batch=s.intake.max_batch,
                 resubmission_window_seconds=s.intake.resubmission_window_seconds,
+                # a confirmed hand-off is recorded well before the sweeper would act on it
+                mark_delay=min(MARK_DELAY, s.intake.sweep_grace_seconds / 4),
             )
             await self.intake.start()
             self._stops.append(self.intake.stop)

@@ -306,7 +306,9 @@ def serve(config_path: Path | None, components: str | None, processes: int) -> N
         await stop.wait()
         await gateway.stop()
 
-    _run(go)
+    from digipoort.app import event_loop_for, run_on
+
+    run_on(event_loop_for(settings.event_loop, names), go)
 
 
 #: The listening port of each component that has one (besides http.port).

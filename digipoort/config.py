@@ -179,7 +179,9 @@ class IntakeConfig(BaseModel):
     # A submission whose hand-off to RabbitMQ was not confirmed is republished by the
     # sweeper once it is older than this.
     sweep_grace_seconds: float = 10.0
-    sweep_interval_seconds: float = 5.0
+    # A long interval (issue 15 item 5: no busy polling); a sweep that finds a full batch
+    # sweeps again at once, so a backlog (broker outage) drains at full speed.
+    sweep_interval_seconds: float = 30.0
     # Idempotent resubmission (docs/reliability.md): the same sender, berichtsoort,
     # aanleverkenmerk and documents within this many seconds get the original kenmerk
     # back instead of a new envelope. 0 disables it.
@@ -274,6 +276,8 @@ class Settings(BaseSettings):
     portal: PortalConfig = Field(default_factory=PortalConfig)
     archive: ArchiveConfig = Field(default_factory=ArchiveConfig)
     log_level: str = "info"
+    # auto: uvloop for processes without a TLS listener (digipoort.app.event_loop_for)
+    event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
     config_dir: Path = Path(".")
 
     @classmethod

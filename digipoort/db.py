@@ -1,4 +1,11 @@
-"""PostgreSQL: the connection pool and the ordered SQL migrations."""
+"""PostgreSQL: the connection pool, the ordered SQL migrations and planner statistics.
+
+Statistics (issue 15 item 7): ``setup`` and ``db migrate`` (:func:`migrate_url`) ANALYZE the
+hot tables; a process start (:func:`migrate`) does so when it applied a migration or a hot
+table was never analyzed. A plan made from no statistics or stale ones can scan a whole
+table per envelope; the ``opsmetrics`` component exports the statistics' age and the
+dead-tuple ratio, and ``DigipoortStaleStatistics`` warns.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +20,15 @@ log = structlog.get_logger(__name__)
 
 # Any fixed number: serialises concurrent `migrate` runs (several processes starting).
 _MIGRATION_LOCK = 7_420_001
+#: The tables every envelope writes to or reads from: their plans must not go stale.
+HOT_TABLES = (
+    "envelopes",
+    "documents",
+    "statuses",
+    "deliveries",
+    "resubmission_keys",
+    "wus_message_ids",
+)
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -55,8 +71,36 @@ def migration_files() -> list[tuple[str, str]]:
     return [(name, (root / name).read_text(encoding="utf-8")) for name in names]
 
 
-async def migrate(conn: asyncpg.Connection) -> list[str]:
-    """Apply pending migrations, each in its own transaction; returns those applied."""
+async def analyze(conn: asyncpg.Connection, tables: tuple[str, ...] = HOT_TABLES) -> None:
+    """Gather the planner statistics of ``tables`` (existing ones; one statement)."""
+    present = [
+        str(r["relname"])
+        for r in await conn.fetch(
+            "SELECT relname FROM pg_class WHERE relkind IN ('r', 'p') AND relname = ANY($1)"
+            " AND relnamespace = current_schema()::regnamespace",
+            list(tables),
+        )
+    ]
+    if present:
+        await conn.execute("ANALYZE " + ", ".join(f'"{t}"' for t in sorted(present)))
+        log.info("statistics gathered", tables=sorted(present))
+
+
+async def _never_analyzed(conn: asyncpg.Connection) -> bool:
+    return bool(
+        await conn.fetchval(
+            "SELECT count(*) > 0 FROM pg_stat_user_tables WHERE relname = ANY($1)"
+            " AND schemaname = current_schema()"
+            " AND last_analyze IS NULL AND last_autoanalyze IS NULL",
+            list(HOT_TABLES),
+        )
+    )
+
+
+async def migrate(conn: asyncpg.Connection, *, always_analyze: bool = False) -> list[str]:
+    """Apply pending migrations, each in its own transaction; returns those applied.
+    Then ANALYZE the hot tables if ``always_analyze``, if a migration was applied, or if
+    one of them was never analyzed."""
     applied: list[str] = []
     await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
     try:
@@ -73,6 +117,8 @@ async def migrate(conn: asyncpg.Connection) -> list[str]:
                 await conn.execute("INSERT INTO schema_migrations (name) VALUES ($1)", name)
             log.info("migration applied", migration=name)
             applied.append(name)
+        if always_analyze or applied or await _never_analyzed(conn):
+            await analyze(conn)
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
     return applied
@@ -81,6 +127,6 @@ async def migrate(conn: asyncpg.Connection) -> list[str]:
 async def migrate_url(url: str) -> list[str]:
     conn: Any = await asyncpg.connect(url)
     try:
-        return await migrate(conn)
+        return await migrate(conn, always_analyze=True)
     finally:
         await conn.close()

@@ -12,13 +12,20 @@ envelope whose hand-off was not confirmed.
 
 A resubmission (same sender, berichtsoort, aanleverkenmerk and documents within
 ``intake.resubmission_window_seconds``) gets the original kenmerk and tijdstempel back
-and creates nothing (:mod:`digipoort.resubmission`); the check is one statement inside
-the same group-commit transaction.
+and creates nothing (:mod:`digipoort.resubmission`).
+
+Round trips (issue 15 item 2): a group commit is ONE statement in its own implicit
+transaction (:func:`digipoort.envelopestore.accept_batch`): the koppelvlak's replay check
+(WUS: the wsa:MessageID), the resubmission claim, envelopes, documents, statuses — and the
+``handed_off`` marks of envelopes whose work item was confirmed since the previous batch.
+A mark no batch takes along within ``MARK_DELAY`` is written on its own; a mark lost
+(crash) only makes the sweeper republish a work item the stages handle idempotently.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -37,13 +44,18 @@ from digipoort.envelope import (
     new_kenmerk,
     sha256_hex,
 )
-from digipoort.envelopestore import NewEnvelope, insert_envelopes, mark_handed_off
+from digipoort.envelopestore import NewEnvelope, Submission, accept_batch, mark_handed_off
 from digipoort.payloads import PayloadStore
 from digipoort.registry_store import RegistryHolder
-from digipoort.status import Status, now
-from digipoort.statusstore import write_statuses
+from digipoort.status import OMSCHRIJVINGEN, now
 
 log = structlog.get_logger(__name__)
+
+_INTAKE_CODES = ("105", "100", "110")
+_INTAKE_STATUSES = tuple((code, OMSCHRIJVINGEN.get(code, code)) for code in _INTAKE_CODES)
+#: How long a confirmed hand-off may wait for the next group commit to record it (far
+#: below ``intake.sweep_grace_seconds``) before it is written on its own.
+MARK_DELAY = 1.0
 
 
 class IntakeRefused(Exception):
@@ -53,6 +65,8 @@ class IntakeRefused(Exception):
 
     TE_GROOT = "te_groot"
     TE_VEEL_BIJLAGEN = "te_veel_bijlagen"
+    #: the koppelvlak's message id (``replay``) was used before by this sender
+    REPLAY = "replay"
 
     def __init__(self, reden: str, melding: str) -> None:
         super().__init__(melding)
@@ -68,6 +82,8 @@ class IntakeUnavailable(Exception):
 class _Pending:
     envelope: NewEnvelope
     sleutel: bytes | None = None
+    replay: str | None = None
+    replayed: bool = False  # set by the writer: refused, the message id was used before
     # set by the writer: the original this submission repeats (no envelope was created)
     original: resubmission.Original | None = None
     future: asyncio.Future[Accepted] = field(
@@ -88,6 +104,7 @@ class Intake:
         max_batch: int = 256,
         writers: int = 4,
         resubmission_window_seconds: float = 24 * 3600.0,
+        mark_delay: float = MARK_DELAY,
     ) -> None:
         self._pool = pool
         self._broker = broker
@@ -97,23 +114,28 @@ class Intake:
         self._storage = storage
         self._max_batch = max_batch
         self._window = resubmission_window_seconds
+        self._mark_delay = mark_delay
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._writers = writers
         self._tasks: list[asyncio.Task[None]] = []
-        self._background: set[asyncio.Task[None]] = set()
+        self._confirmed: list[uuid.UUID] = []  # hand-offs confirmed, not yet recorded
+        self._marks_waiting = asyncio.Event()
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._writer()) for _ in range(self._writers)]
+        self._flusher = loop.create_task(self._flush_marks())
 
     async def stop(self) -> None:
         """Finish what was handed in, then stop the writers."""
         await self._queue.join()
-        for t in self._tasks:
+        for t in (*self._tasks, self._flusher):
             t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
+        await asyncio.gather(*self._tasks, self._flusher, return_exceptions=True)
+        if self._confirmed:  # a clean stop leaves nothing for the sweeper
+            with contextlib.suppress(Exception):
+                await mark_handed_off(self._pool, self._confirmed)
+            self._confirmed = []
 
     def precheck(self, a: Aanlevering) -> None:
         """The synchronous checks: registry rules and size limits. Raises IntakeRefused."""
@@ -144,7 +166,11 @@ class Intake:
                     f"{doc.bestandsnaam}: {doc.size} bytes, maximaal {limit}",
                 )
 
-    async def aanleveren(self, a: Aanlevering) -> Accepted:
+    async def aanleveren(self, a: Aanlevering, *, replay: str | None = None) -> Accepted:
+        """Accept ``a`` durably and return its kenmerk (or the original's, for a
+        resubmission). ``replay``: a message id of the koppelvlak (WUS: the digest of the
+        wsa:MessageID) that this sender may use once; it is recorded in the same statement
+        as the envelope, and a second use raises IntakeRefused(REPLAY)."""
         started = time.perf_counter()
         try:
             self.precheck(a)
@@ -167,7 +193,7 @@ class Intake:
             log.error("payload opslag mislukt", error=str(exc))
             raise IntakeUnavailable("payload storage failed") from exc
         key = resubmission.sleutel(a, documents) if self._window > 0 else None
-        pending = _Pending(NewEnvelope(new_kenmerk(), now(), a, documents), key)
+        pending = _Pending(NewEnvelope(new_kenmerk(), now(), a, documents), key, replay)
         self._queue.put_nowait(pending)
         accepted = await pending.future
         if pending.original is not None:
@@ -234,32 +260,37 @@ class Intake:
                     self._queue.task_done()
 
     async def _commit(self, all_pending: list[_Pending]) -> None:
-        async with self._pool.acquire() as conn, conn.transaction():
-            batch = await self._resubmissions(conn, all_pending)
-            envelopes = [p.envelope for p in batch]
-            statuses = [
-                Status(e.kenmerk, code, tijdstempel=e.tijdstempel)
-                for e in envelopes
-                for code in ("105", "100", "110")
-            ]
-            if envelopes:
-                await insert_envelopes(conn, envelopes)
-                await write_statuses(conn, statuses)
+        # envelopes of earlier batches whose work item was confirmed ride along
+        marks, self._confirmed = self._confirmed, []
+        try:
+            async with self._pool.acquire() as conn:
+                batch = await self._accept(conn, all_pending, marks)
+        except BaseException:
+            self._confirmed.extend(marks)  # the statement rolled back: mark them later
+            raise
         # Committed: a resubmission answers with its original (committed before or in
-        # this very transaction; an original never handed off is the sweeper's).
+        # this very batch; an original never handed off is the sweeper's).
         for p in all_pending:
             if p.original is not None:
                 p.future.set_result(Accepted(p.original.kenmerk, p.original.tijdstempel))
+            elif p.replayed:
+                metrics.INTAKE.labels(p.envelope.aanlevering.koppelvlak, "refused").inc()
+                metrics.INTAKE_REFUSED.labels(
+                    p.envelope.aanlevering.koppelvlak, IntakeRefused.REPLAY
+                ).inc()
+                p.future.set_exception(
+                    IntakeRefused(IntakeRefused.REPLAY, "bericht-id eerder gebruikt")
+                )
         if not batch:
             return
         metrics.INTAKE_BATCH.observe(len(batch))
-        for code in ("105", "100", "110"):
+        for code in _INTAKE_CODES:
             metrics.STATUSES.labels(code).inc(len(batch))
         results = await asyncio.gather(
-            *(self._broker.publish_work(VALIDATE, e.kenmerk) for e in envelopes),
+            *(self._broker.publish_work(VALIDATE, p.envelope.kenmerk) for p in batch),
             return_exceptions=True,
         )
-        confirmed = []
+        confirmed = 0
         for p, result in zip(batch, results, strict=True):
             if isinstance(result, BaseException):
                 metrics.HANDOFF_FAILED.inc()
@@ -269,53 +300,102 @@ class Intake:
                     error=repr(result),
                 )
             else:
-                confirmed.append(p.envelope.kenmerk)
+                self._confirmed.append(p.envelope.kenmerk)
+                confirmed += 1
             p.future.set_result(Accepted(p.envelope.kenmerk, p.envelope.tijdstempel))
         if confirmed:
-            task = asyncio.get_running_loop().create_task(self._mark(confirmed))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._marks_waiting.set()
 
-    async def _resubmissions(
-        self, conn: asyncpg.Connection, batch: list[_Pending]
+    async def _accept(
+        self, conn: asyncpg.Connection, pending: list[_Pending], marks: list[uuid.UUID]
     ) -> list[_Pending]:
-        """Claim the keys of ``batch``; mark each resubmission with its original and
-        return the submissions that need a new envelope. Identical submissions in one
-        batch follow the first of them."""
-        leaders: dict[bytes, _Pending] = {}
-        followers: list[_Pending] = []
-        fresh: list[_Pending] = []
-        for p in batch:
-            if p.sleutel is None:
-                fresh.append(p)
-            elif p.sleutel in leaders:
-                followers.append(p)
-            else:
-                leaders[p.sleutel] = p
-        if not leaders:
-            return fresh
-        originals = await resubmission.claim(
+        """Run the batch through :func:`accept_batch` (one statement; one more when a
+        key was claimed by a batch committed while it ran). Sets ``original`` /
+        ``replayed`` on the submissions that create nothing; returns those whose envelope
+        was created."""
+        created: list[_Pending] = []
+        todo = pending
+        for attempt in range(3):
+            if not todo:
+                break
+            try:
+                lost = await self._accept_pass(conn, todo, marks, created)
+            except Exception as exc:
+                if attempt == 0:
+                    raise  # nothing was committed: the whole batch fails
+                # the first pass committed: only the submissions still open fail
+                _fail(todo, f"resubmission lookup failed: {exc!r}")
+                return created
+            marks = []
+            todo = []
+            if lost:  # claimed by a batch committed while this statement ran
+                try:
+                    found = await resubmission.originals(conn, list(lost))
+                except Exception as exc:
+                    _fail([p for ps in lost.values() for p in ps], repr(exc))
+                    return created
+                for key, ps in lost.items():
+                    for p in ps:
+                        if key in found:
+                            p.original = found[key]
+                        else:  # that original vanished meanwhile: claim the key again
+                            p.replay = None  # its message id was recorded just now
+                            todo.append(p)
+        _fail(todo, "resubmission key could not be claimed")
+        return created
+
+    async def _accept_pass(
+        self,
+        conn: asyncpg.Connection,
+        todo: list[_Pending],
+        marks: list[uuid.UUID],
+        created: list[_Pending],
+    ) -> dict[bytes, list[_Pending]]:
+        """One :func:`accept_batch` statement; returns the submissions whose key a
+        concurrent batch claimed (their original is read separately)."""
+        outcomes = await accept_batch(
             conn,
-            {
-                k: resubmission.Original(p.envelope.kenmerk, p.envelope.tijdstempel)
-                for k, p in leaders.items()
-            },
+            [Submission(p.envelope, p.sleutel, p.replay) for p in todo],
+            statuses=_INTAKE_STATUSES,
+            handed_off=marks,
             window_seconds=self._window,
         )
-        for k, p in leaders.items():
-            p.original = originals.get(k)
-            if p.original is None:
-                fresh.append(p)
-        for p in followers:
-            assert p.sleutel is not None
-            leader = leaders[p.sleutel]
-            p.original = leader.original or resubmission.Original(
-                leader.envelope.kenmerk, leader.envelope.tijdstempel
-            )
-        return fresh
+        lost: dict[bytes, list[_Pending]] = {}
+        for p, outcome in zip(todo, outcomes, strict=True):
+            if outcome.created:
+                created.append(p)
+            elif outcome.replayed:
+                p.replayed = True
+            elif outcome.original is not None:
+                p.original = resubmission.Original(*outcome.original)
+            else:
+                assert p.sleutel is not None
+                lost.setdefault(p.sleutel, []).append(p)
+        return lost
 
-    async def _mark(self, kenmerken: list[uuid.UUID]) -> None:
-        try:
-            await mark_handed_off(self._pool, kenmerken)
-        except Exception as exc:  # the sweeper republishes; stages are idempotent
-            log.warning("could not mark hand-off", error=str(exc), count=len(kenmerken))
+    async def _flush_marks(self) -> None:
+        """Mark confirmed envelopes that no group commit took along within MARK_DELAY
+        (a quiet gateway; ``mark_delay``, MARK_DELAY at most); under load every batch takes
+        them for free."""
+        while True:
+            await self._marks_waiting.wait()
+            await asyncio.sleep(self._mark_delay)
+            self._marks_waiting.clear()
+            marks, self._confirmed = self._confirmed, []
+            if not marks:
+                continue
+            try:
+                await mark_handed_off(self._pool, marks)
+            except Exception as exc:  # the sweeper republishes; stages are idempotent
+                log.warning("could not mark hand-off", error=str(exc), count=len(marks))
+
+
+def _fail(pending: list[_Pending], why: str) -> None:
+    """Answer submissions left open after part of their batch committed: nothing of
+    theirs was created, so they get a technical failure (the sender tries again)."""
+    if pending:
+        log.error("intake: submissions left unanswered", error=why, count=len(pending))
+    for p in pending:
+        if not p.future.done():
+            metrics.INTAKE.labels(p.envelope.aanlevering.koppelvlak, "error").inc()
+            p.future.set_exception(IntakeUnavailable("database unavailable"))

@@ -170,6 +170,26 @@ DB_POOL = Gauge(
     ["state"],
     multiprocess_mode="livesum",
 )
+DB_STATS_AGE = Gauge(
+    "digipoort_db_stats_age_seconds",
+    "Seconds since the planner statistics of a hot table were gathered (ANALYZE or "
+    "autoanalyze; +Inf: never). Stale statistics give plans that scan whole tables.",
+    ["table"],
+    multiprocess_mode="livemin",
+)
+DB_MODIFIED_SINCE_ANALYZE = Gauge(
+    "digipoort_db_modified_since_analyze_ratio",
+    "Rows of a hot table inserted, updated or deleted since its statistics were gathered, "
+    "per live row (autoanalyze's trigger is 0.1).",
+    ["table"],
+    multiprocess_mode="livemax",
+)
+DB_DEAD_TUPLES = Gauge(
+    "digipoort_db_dead_tuple_ratio",
+    "Dead / (live + dead) rows of a hot table (pg_stat_user_tables): vacuum falls behind.",
+    ["table"],
+    multiprocess_mode="livemax",
+)
 CERTIFICATE_EXPIRY = Gauge(
     "digipoort_certificate_expiry_seconds",
     "Seconds until the gateway certificate, a trust anchor or intermediate expires, or a "

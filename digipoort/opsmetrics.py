@@ -7,7 +7,15 @@
   every ``interval`` seconds (15 by default) reads RabbitMQ's management API for the
   queues of the gateway's vhost into ``digipoort_queue_messages{queue}`` /
   ``digipoort_queue_consumers{queue}``, and the gateway certificate, trust anchors,
-  intermediates and CRLs into ``digipoort_certificate_expiry_seconds{subject,kind}``.
+  intermediates and CRLs into ``digipoort_certificate_expiry_seconds{subject,kind}``, and
+  the planner statistics of the hot tables (issue 15 item 7) from ``pg_stat_user_tables``
+  into ``digipoort_db_stats_age_seconds{table}`` (since the last ANALYZE or autoanalyze;
+  +Inf: never), ``digipoort_db_modified_since_analyze_ratio{table}`` (rows changed since
+  then / live rows) and ``digipoort_db_dead_tuple_ratio{table}`` (dead / (live + dead)).
+  Stale statistics make the planner scan whole tables (alert ``DigipoortStaleStatistics``).
+
+The component needs only the process's settings and database pool (:class:`Host`); it
+does not import :mod:`digipoort.app` (which imports this module for the pool sampler).
 
 Run the component in one process per deployment (more is harmless: the gauges are
 ``livemax``/``livemin``, a scrape of any process shows the same figures). Labels are
@@ -19,29 +27,39 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import Protocol
 from urllib.parse import quote
 
 import asyncpg
 import structlog
 from cryptography import x509
 
-from digipoort import metrics
+from digipoort import db, metrics
 from digipoort.config import Settings
 from digipoort.pki import CertificateVerifier
 from digipoort.pki.wiring import revocation_service
 from digipoort.provision import Management, vhost_of
 
-if TYPE_CHECKING:
-    from digipoort.app import Gateway
-
 log = structlog.get_logger(__name__)
 
 INTERVAL = 15.0
-POOL_INTERVAL = 5.0
+POOL_INTERVAL = 15.0
 QUEUE_PREFIX = "digipoort."
+HOT_TABLES = db.HOT_TABLES
+
+
+class Host(Protocol):
+    """What the component uses of the process (the Gateway provides it)."""
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def pool(self) -> asyncpg.Pool | None: ...
 
 
 # ----------------------------------------------------------------------- database pool
@@ -102,6 +120,70 @@ class QueueGauges:
         self._known = set(queues)
 
 
+# ----------------------------------------------------------------------- table statistics
+
+
+@dataclass(frozen=True)
+class TableStats:
+    age: float  # seconds since the last ANALYZE / autoanalyze; +Inf: never
+    modified_ratio: float  # rows inserted/updated/deleted since then / live rows
+    dead_ratio: float  # dead / (live + dead) rows
+
+
+#: the leaf tables of each named table: itself, or its partitions (migration 012) — the
+#: planner reads the leaves' statistics, and a partitioned parent has no rows of its own
+_LEAF_STATS = """
+WITH RECURSIVE tree AS (
+    SELECT c.oid AS relid, c.relname AS root FROM pg_class c
+     WHERE c.relname = ANY($1) AND c.relnamespace = current_schema()::regnamespace
+    UNION ALL
+    SELECT i.inhrelid, t.root FROM pg_inherits i JOIN tree t ON i.inhparent = t.relid
+)
+SELECT t.root AS relname, s.n_live_tup, s.n_dead_tup, s.n_mod_since_analyze,
+       extract(epoch FROM now() - greatest(s.last_analyze, s.last_autoanalyze)) AS age
+  FROM tree t JOIN pg_class c ON c.oid = t.relid AND c.relkind = 'r'
+  JOIN pg_stat_user_tables s ON s.relid = t.relid
+"""
+
+
+async def collect_table_stats(
+    conn: asyncpg.Pool | asyncpg.Connection, tables: tuple[str, ...] = HOT_TABLES
+) -> dict[str, TableStats]:
+    """The statistics state of ``tables`` from ``pg_stat_user_tables``; a partitioned
+    table reports its worst leaf with rows (the largest share modified since its last
+    ANALYZE) and the dead-row share over all its leaves."""
+    leaves: dict[str, list[tuple[int, int, int, float]]] = {}
+    for r in await conn.fetch(_LEAF_STATS, list(tables)):
+        age = math.inf if r["age"] is None else max(0.0, float(r["age"]))
+        leaves.setdefault(str(r["relname"]), []).append(
+            (int(r["n_live_tup"] or 0), int(r["n_dead_tup"] or 0),
+             int(r["n_mod_since_analyze"] or 0), age)
+        )
+    stats: dict[str, TableStats] = {}
+    for table, rows in leaves.items():
+        live = sum(row[0] for row in rows)
+        dead = sum(row[1] for row in rows)
+        active = [row for row in rows if row[0] or row[2]]
+        if active:
+            worst = max(active, key=lambda row: (row[2] / max(row[0], 1), row[3]))
+            age, modified_ratio = worst[3], worst[2] / max(worst[0], 1)
+        else:
+            age, modified_ratio = max(row[3] for row in rows), 0.0
+        stats[table] = TableStats(
+            age=age,
+            modified_ratio=modified_ratio,
+            dead_ratio=dead / (live + dead) if live + dead else 0.0,
+        )
+    return stats
+
+
+def update_table_gauges(stats: dict[str, TableStats]) -> None:
+    for table, st in stats.items():
+        metrics.DB_STATS_AGE.labels(table).set(st.age)
+        metrics.DB_MODIFIED_SINCE_ANALYZE.labels(table).set(st.modified_ratio)
+        metrics.DB_DEAD_TUPLES.labels(table).set(st.dead_ratio)
+
+
 # ----------------------------------------------------------------------- certificates
 
 
@@ -150,10 +232,18 @@ class ExpiryGauges:
 
 
 class OpsCollector:
-    """Samples queue depths and certificate expiry every ``interval`` seconds."""
+    """Samples queue depths, certificate expiry and (given a pool) the hot tables'
+    statistics every ``interval`` seconds."""
 
-    def __init__(self, settings: Settings, *, interval: float = INTERVAL) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        interval: float = INTERVAL,
+        pool: asyncpg.Pool | None = None,
+    ) -> None:
         self.settings = settings
+        self.pool = pool
         self.interval = interval
         self.management = Management(settings.broker.management_url)
         self.vhost = vhost_of(settings.broker.url)
@@ -171,6 +261,11 @@ class OpsCollector:
             self.expiry.update(dates)
         except Exception as exc:
             log.warning("opsmetrics.expiry_failed", error=repr(exc))
+        if self.pool is not None:
+            try:
+                update_table_gauges(await collect_table_stats(self.pool))
+            except Exception as exc:  # the database is down: the next round tries again
+                log.warning("opsmetrics.table_stats_failed", error=repr(exc))
 
     async def run(self, stopping: asyncio.Event) -> None:
         while not stopping.is_set():
@@ -179,9 +274,9 @@ class OpsCollector:
                 await asyncio.wait_for(stopping.wait(), self.interval)
 
 
-async def start(gateway: Gateway) -> Callable[[], Awaitable[None]]:
+async def start(host: Host) -> Callable[[], Awaitable[None]]:
     """The ``opsmetrics`` component."""
-    collector = OpsCollector(gateway.settings)
+    collector = OpsCollector(host.settings, pool=host.pool)
     stopping = asyncio.Event()
     task = asyncio.get_running_loop().create_task(collector.run(stopping))
 

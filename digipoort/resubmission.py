@@ -6,7 +6,8 @@ documents within ``intake.resubmission_window_seconds``, intake returns the orig
 kenmerk and tijdstempel instead of creating a second envelope.
 
 Each keyed submission claims its key in ``resubmission_keys`` inside intake's own
-transaction (``INSERT ... ON CONFLICT``); the primary key serialises two identical
+statement (``INSERT ... ON CONFLICT`` in :func:`digipoort.envelopestore.accept_batch`;
+:func:`claim` is the same claim on its own); the primary key serialises two identical
 concurrent submissions, so exactly one of them creates the envelope.
 """
 
@@ -105,6 +106,14 @@ async def claim(
         if pending:
             raise RuntimeError("resubmission key could not be claimed")
     return originals
+
+
+async def originals(conn: asyncpg.Connection, keys: Sequence[bytes]) -> dict[bytes, Original]:
+    """The committed original of each of ``keys`` (a key whose row vanished is absent)."""
+    return {
+        bytes(r["sleutel"]): Original(r["kenmerk"], r["tijdstempel"])
+        for r in await conn.fetch(_ORIGINALS, list(keys))
+    }
 
 
 async def purge(conn: asyncpg.Connection | asyncpg.Pool, *, window_seconds: float) -> int:

@@ -1,6 +1,7 @@
 """The sweeper: republishes committed envelopes whose hand-off was never confirmed.
 
-Intake marks an envelope ``handed_off`` after RabbitMQ confirmed its work item. Anything
+Intake marks an envelope ``handed_off`` after RabbitMQ confirmed its work item (in its next
+group-commit statement, or on its own within a second on a quiet gateway). Anything
 older than the grace period that is still unmarked (a crash or broker failure between
 commit and confirm) is published again; the stages are idempotent, so a duplicate work
 item costs a little work and nothing else.
@@ -52,10 +53,18 @@ async def run(
     interval: float,
     stopping: asyncio.Event,
     resubmission_window_seconds: float = 24 * 3600.0,
+    limit: int = 500,
 ) -> None:
+    """Sweep every ``interval`` seconds (30 by default: nothing polls busily) until
+    ``stopping`` is set; a full batch is followed by the next at once."""
     while not stopping.is_set():
         try:
-            await sweep_once(pool, broker, grace_seconds=grace_seconds)
+            # a full batch means more are waiting (a broker outage ended): go on at once
+            while await sweep_once(pool, broker, grace_seconds=grace_seconds, limit=limit) >= (
+                limit
+            ):
+                if stopping.is_set():
+                    return
             # resubmission keys that fell out of the window match nothing any more
             await resubmission.purge(pool, window_seconds=resubmission_window_seconds)
         except Exception as exc:

@@ -50,6 +50,13 @@ from tests.support import (
 ACTION = AANLEVERSERVICE_NS + "AanleverService/aanleverenRequest"
 
 
+def cpu_ms(pid: int) -> float:
+    """user+sys CPU of ``pid`` (its own threads; the gateway front forks no children), ms."""
+    raw = Path(f"/proc/{pid}/stat").read_text()
+    fields = raw[raw.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) * 1000.0 / os.sysconf("SC_CLK_TCK")
+
+
 def pct(h: HdrHistogram, p: float) -> float:
     return float(h.get_value_at_percentile(p)) / 1000.0  # µs → ms
 
@@ -172,7 +179,9 @@ async def run(env: Env, pki: Path, count: int, rate: float, size: int) -> dict[s
         await drive(client, echo_url, warm, rate)
 
         bodies = sign_all(client, count, size)
+        cpu0 = cpu_ms(front.pid), cpu_ms(stages.pid)
         accept, errors, elapsed = await drive(client, url, bodies, rate)
+        cpu_accepted = cpu_ms(front.pid)
         conn = await env.conn()
         target = len(warm) + count - errors
 
@@ -184,6 +193,7 @@ async def run(env: Env, pki: Path, count: int, rate: float, size: int) -> dict[s
             )
 
         await wait_for(delivered, timeout=600, what="all delivered")
+        cpu1 = cpu_ms(front.pid), cpu_ms(stages.pid)
         e2e = HdrHistogram(1, 600_000_000, 3)
         rows = await conn.fetch(
             "SELECT extract(epoch FROM s.tijdstempel - e.tijdstempel_aangeleverd) AS d"
@@ -193,6 +203,17 @@ async def run(env: Env, pki: Path, count: int, rate: float, size: int) -> dict[s
         )
         for r in rows:
             e2e.record_value(max(1, int(float(r["d"]) * 1e6)))
+        await conn.execute("SELECT pg_stat_force_next_flush()")
+        tables = {
+            r["relname"]: r
+            for r in await conn.fetch(
+                "SELECT relname, n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables"
+                " WHERE relname IN ('envelopes', 'deliveries')"
+            )
+        }
+        commits = await conn.fetchval(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+        )
         echo_hist, echo_errors, _ = await drive(client, echo_url, bodies, rate)
         await client.close()
         return {
@@ -206,6 +227,15 @@ async def run(env: Env, pki: Path, count: int, rate: float, size: int) -> dict[s
             "echo_p99": pct(echo_hist, 99),
             "echo_errors": float(echo_errors),
             "body": float(len(bodies[0])),
+            # CPU per envelope: the front (TLS, verify, intake, signing) while the requests
+            # were answered, and front / stages until the last 400
+            "front_cpu": (cpu_accepted - cpu0[0]) / count,
+            "front_cpu_all": (cpu1[0] - cpu0[0]) / count,
+            "stages_cpu": (cpu1[1] - cpu0[1]) / count,
+            # over the whole run (warm-up included), every process of the database
+            "commits": float(commits) / target,
+            "env_updates": float(tables["envelopes"]["n_tup_upd"]) / target,
+            "env_hot": float(tables["envelopes"]["n_tup_hot_upd"]) / target,
         }
     finally:
         for proc in (front, stages, echo):
@@ -228,6 +258,14 @@ async def main(args: argparse.Namespace) -> None:
     print(
         f"bare mTLS echo p50 {res['echo_p50']:8.1f} ms  p99 {res['echo_p99']:8.1f} ms"
         f"   errors: {res['echo_errors']:.0f}"
+    )
+    print(
+        f"CPU per envelope: front {res['front_cpu']:.2f} ms while accepting, "
+        f"{res['front_cpu_all']:.2f} ms until the last 400; stages {res['stages_cpu']:.2f} ms"
+    )
+    print(
+        f"PostgreSQL per envelope (whole run, all processes): {res['commits']:.2f} commits; "
+        f"envelopes updates {res['env_updates']:.2f} of which HOT {res['env_hot']:.2f}"
     )
     print(
         f"ratio WUS/echo p50 {res['accept_p50'] / res['echo_p50']:.1f}x  "

@@ -15,7 +15,9 @@ Per request, cheapest checks first (docs/wus.md):
    operation of *this* endpoint, wsa:To == this endpoint's public address.
 4. WS-Security (``wssecurity.verify_envelope``); the BinarySecurityToken's certificate is
    verified like the TLS one and must carry the same OIN; replayed wsa:MessageIDs are
-   refused.
+   refused (for aanleveren the wsa:MessageID is recorded by intake, in the statement that
+   creates the envelope; a request refused before that records it then, so a replayed
+   request is still answered as a replay).
 5. The operation. Answers are signed with the gateway's certificate; faults are not.
 """
 
@@ -25,7 +27,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Final, Literal
 
 import asyncpg
@@ -40,12 +42,11 @@ from adapters.wus.addressing import EndpointAddresses
 from adapters.wus.codes import FAULT_NUMBERS, Kind, Refusal
 from adapters.wus.ophaal import OPERATIONS as OPHAAL_OPERATIONS
 from adapters.wus.ophaal import Ophaalservice
+from adapters.wus.response_signing import ResponseSigner
 from adapters.wus.soap import (
-    WSA_ANONYMOUS,
     ParsedEnvelope,
     SoapError,
     WusOperation,
-    build_envelope,
     build_fault,
     operation_for_action,
     parse_envelope,
@@ -54,7 +55,6 @@ from adapters.wus.wsdl import SERVICES, XSD_NAME, Service, render_wsdl, xsd
 from adapters.wus.wssecurity import (
     VerifiedSecurity,
     WSSecurityError,
-    sign_envelope,
     verify_envelope,
 )
 from adapters.wus.zetstatus import EXTRA_OPERATIONS, ZET_STATUS, zet_status
@@ -111,6 +111,9 @@ class _Seen:
     operation: WusOperation | None = None
     message_id: str | None = None
     large_slot: bool = False  # holds one of LARGE_SLOTS (released when the answer is ready)
+    # aanleveren: the wsa:MessageID still to be recorded (intake records it with the
+    # envelope; a request refused before that records it on the refusal path)
+    replay_deferred: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,7 @@ class Caller:
     parsed: ParsedEnvelope
     operation: WusOperation
     security: VerifiedSecurity
+    seen: _Seen
 
 
 class WusService:
@@ -144,6 +148,7 @@ class WusService:
         self.verifier = verifier
         self.signing_key = signing_key
         self.signing_cert = signing_cert
+        self.signer = ResponseSigner(signing_key, signing_cert)
         self.conformance_mode = conformance_mode
         self.public_url = settings.wus.public_url.rstrip("/")
         self.addresses = EndpointAddresses(self.public_url, settings.wus.accepted_urls)
@@ -199,6 +204,7 @@ class WusService:
             if not await archived.answered("wus.response", response_xml, kenmerk=kenmerk):
                 raise Refusal("technical", "archive_unavailable", public=False)
         except Refusal as refusal:
+            refusal = await self._replay_or(refusal, seen)
             fault = self._fault(service, seen, refusal, started, bound)
             body_out = fault.body if isinstance(fault.body, bytes) else b""
             await archived.answered("wus.fault", body_out, reden=refusal.reason)
@@ -285,15 +291,37 @@ class WusService:
                 "bst_oin_mismatch",
                 "het OIN van het ondertekeningscertificaat verschilt van dat van de TLS-verbinding",
             )
+        seen.replay_deferred = (tls_oin, parsed.message_id)
+        if operation.name != "aanleveren" or self.intake is None:
+            await self._check_replay(seen)
+        return Caller(tls_oin, parsed, operation, security, seen)
+
+    async def _check_replay(self, seen: _Seen) -> None:
+        """Record the request's wsa:MessageID on its own; a replay is refused."""
+        if seen.replay_deferred is None:
+            return
+        oin, message_id = seen.replay_deferred
+        seen.replay_deferred = None
         try:
-            fresh = await store.remember_message_id(self.pool, tls_oin, parsed.message_id)
+            fresh = await store.remember_message_id(self.pool, oin, message_id)
         except Exception as exc:  # a database outage is a database failure, not ours
             if not is_outage(exc):
                 raise
             raise Refusal("technical", "database_unavailable", public=False) from exc
         if not fresh:
             raise Refusal("timestamp", "replayed_message_id", public=False)
-        return Caller(tls_oin, parsed, operation, security)
+
+    async def _replay_or(self, refusal: Refusal, seen: _Seen) -> Refusal:
+        """An aanleveren refused before intake recorded its wsa:MessageID: record it now,
+        and answer a replay as a replay (as if checked first). A technical refusal records
+        nothing: the client may send the same request again."""
+        if seen.replay_deferred is None or refusal.kind == "technical":
+            return refusal
+        try:
+            await self._check_replay(seen)
+        except Refusal as replay:
+            return replay if replay.reason == "replayed_message_id" else refusal
+        return refusal
 
     def _parse(self, body: bytes, allow_huge: bool) -> ParsedEnvelope:
         try:
@@ -388,6 +416,7 @@ class WusService:
             raise Refusal("malformed", "xsd", str(exc)) from None
         bound = bound.bind(berichtsoort=verzoek.berichtsoort)
         if self.conformance_mode and verzoek.berichtsoort == conformance.BERICHTSOORT:
+            await self._check_replay(caller.seen)
             return await self._conformance_aanleveren(caller, verzoek, bound)
         if self.intake is None:
             raise Refusal("technical", "no_intake", public=False)
@@ -406,14 +435,19 @@ class WusService:
             autorisatie_adres=verzoek.autorisatie_adres,
             berichtkenmerk=caller.parsed.message_id,
         )
+        replay = store.message_id_digest(caller.parsed.message_id)
         try:
-            accepted = await self.intake.aanleveren(aanlevering)
+            accepted = await self.intake.aanleveren(aanlevering, replay=replay)
         except IntakeRefused as exc:
+            if exc.reden == IntakeRefused.REPLAY:
+                caller.seen.replay_deferred = None
+                raise Refusal("timestamp", "replayed_message_id", public=False) from None
             raise Refusal(
                 _INTAKE_KINDS.get(exc.reden, "authorisation"), exc.reden, exc.melding
             ) from None
         except IntakeUnavailable:
             raise Refusal("technical", "intake_unavailable", public=False) from None
+        caller.seen.replay_deferred = None  # recorded with the envelope
         bound.info("wus.aangeleverd", kenmerk=str(accepted.kenmerk))
         return messages.aanlever_response(
             verzoek, str(accepted.kenmerk), accepted.tijdstempel_aangeleverd
@@ -523,16 +557,17 @@ class WusService:
     # ------------------------------------------------------------------ answers
 
     def _signed_response(self, caller: Caller, answer: etree._Element) -> bytes:
-        envelope = build_envelope(
-            answer,
-            action=caller.operation.response_action,
-            to=WSA_ANONYMOUS,
-            relates_to=caller.parsed.message_id,
-        )
+        """The answer, signed from the pre-canonicalised skeleton (response_signing)."""
         algorithm: Literal["sha1", "sha256"] = (
             "sha1" if caller.security.algorithm == "rsa-sha1" else "sha256"
         )
-        return sign_envelope(envelope, self.signing_key, self.signing_cert, algorithm=algorithm)
+        return self.signer.sign(
+            answer,
+            action=caller.operation.response_action,
+            relates_to=caller.parsed.message_id,
+            algorithm=algorithm,
+            now=datetime.now(UTC),
+        )
 
     def _fault(
         self,
