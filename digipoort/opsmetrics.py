@@ -149,29 +149,30 @@ SELECT t.root AS relname, s.n_live_tup, s.n_dead_tup, s.n_mod_since_analyze,
 async def collect_table_stats(
     conn: asyncpg.Pool | asyncpg.Connection, tables: tuple[str, ...] = HOT_TABLES
 ) -> dict[str, TableStats]:
-    """The statistics state of ``tables`` from ``pg_stat_user_tables``; a partitioned
-    table reports its worst leaf with rows (the largest share modified since its last
-    ANALYZE) and the dead-row share over all its leaves."""
+    """The statistics state of ``tables`` from ``pg_stat_user_tables``. A partitioned
+    table sums its leaves' rows; its age is that of the stalest leaf holding at least 1 %
+    of the table's rows (so an empty partition created ahead does not count)."""
     leaves: dict[str, list[tuple[int, int, int, float]]] = {}
     for r in await conn.fetch(_LEAF_STATS, list(tables)):
         age = math.inf if r["age"] is None else max(0.0, float(r["age"]))
         leaves.setdefault(str(r["relname"]), []).append(
-            (int(r["n_live_tup"] or 0), int(r["n_dead_tup"] or 0),
-             int(r["n_mod_since_analyze"] or 0), age)
+            (
+                int(r["n_live_tup"] or 0),
+                int(r["n_dead_tup"] or 0),
+                int(r["n_mod_since_analyze"] or 0),
+                age,
+            )
         )
     stats: dict[str, TableStats] = {}
     for table, rows in leaves.items():
         live = sum(row[0] for row in rows)
         dead = sum(row[1] for row in rows)
-        active = [row for row in rows if row[0] or row[2]]
-        if active:
-            worst = max(active, key=lambda row: (row[2] / max(row[0], 1), row[3]))
-            age, modified_ratio = worst[3], worst[2] / max(worst[0], 1)
-        else:
-            age, modified_ratio = max(row[3] for row in rows), 0.0
+        modified = sum(row[2] for row in rows)
+        total = live + modified
+        weighty = [row[3] for row in rows if total and (row[0] + row[2]) * 100 >= total]
         stats[table] = TableStats(
-            age=age,
-            modified_ratio=modified_ratio,
+            age=max(weighty) if weighty else max(row[3] for row in rows),
+            modified_ratio=modified / max(live, 1),
             dead_ratio=dead / (live + dead) if live + dead else 0.0,
         )
     return stats

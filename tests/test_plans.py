@@ -74,21 +74,52 @@ HOT_QUERIES: dict[str, tuple[str, str]] = {
 }
 
 
-def _scans(plan: dict[str, Any]) -> list[tuple[str, str]]:
-    """(node type, relation) of every node of ``plan`` that reads a relation."""
+_ROOTS = """
+WITH RECURSIVE tree AS (
+    SELECT c.oid AS relid, c.relname AS root FROM pg_class c
+     WHERE c.relnamespace = current_schema()::regnamespace AND NOT c.relispartition
+    UNION ALL
+    SELECT i.inhrelid, t.root FROM pg_inherits i JOIN tree t ON i.inhparent = t.relid
+)
+SELECT c.relname, t.root, c.reltuples FROM tree t JOIN pg_class c ON c.oid = t.relid
+"""
+
+
+#: a partition this small (by the statistics) is rightly read whole: the legacy and
+#: DEFAULT partitions and the months created ahead hold (next to) nothing here
+SMALL_PARTITION_ROWS = 1000
+
+
+def _scans(plan: dict[str, Any], roots: dict[str, tuple[str, float]]) -> list[tuple[str, str]]:
+    """(node type, table) of every node of ``plan`` that reads a relation; a partition
+    (migration 012) is named by its partitioned table, a near-empty one is left out."""
     found = []
     if "Relation Name" in plan:
-        found.append((str(plan["Node Type"]), str(plan["Relation Name"])))
+        relation = str(plan["Relation Name"])
+        root, rows = roots.get(relation, (relation, math.inf))
+        if root == relation or rows >= SMALL_PARTITION_ROWS:
+            found.append((str(plan["Node Type"]), root))
     for child in plan.get("Plans", []):
-        found.extend(_scans(child))
+        found.extend(_scans(child, roots))
     return found
 
 
+async def _roots(conn: asyncpg.Connection) -> dict[str, tuple[str, float]]:
+    return {
+        str(r["relname"]): (str(r["root"]), float(r["reltuples"]))
+        for r in await conn.fetch(_ROOTS)
+    }
+
+
 async def _generic_plan(conn: asyncpg.Connection, sql: str, types: str) -> dict[str, Any]:
+    """The generic plan of ``sql`` executed with a seeded kenmerk for each uuid parameter
+    (NULL for the others): a NULL kenmerk would let partition pruning remove every scan."""
+    kenmerk = await conn.fetchval("SELECT kenmerk FROM envelopes ORDER BY kenmerk DESC LIMIT 1")
+    values = {"uuid": f"'{kenmerk}'::uuid", "uuid[]": f"ARRAY['{kenmerk}']::uuid[]"}
     await conn.execute("DEALLOCATE ALL")
     await conn.execute(f"PREPARE hot ({types}) AS {sql}")
-    nulls = ", ".join("NULL" for _ in types.split(","))
-    raw = await conn.fetchval(f"EXPLAIN (FORMAT JSON) EXECUTE hot ({nulls})")
+    args = ", ".join(values.get(t.strip(), "NULL") for t in types.split(","))
+    raw = await conn.fetchval(f"EXPLAIN (FORMAT JSON) EXECUTE hot ({args})")
     parsed = json.loads(raw) if isinstance(raw, str) else raw
     plan: dict[str, Any] = parsed[0]["Plan"]
     return plan
@@ -98,6 +129,9 @@ async def _generic_plan(conn: asyncpg.Connection, sql: str, types: str) -> dict[
 async def seeded(env: Env) -> asyncpg.Connection:
     conn = await env.conn()
     await conn.execute(_SEED)
+    # the seed's row counts reach pg_stat when the backend next reports (at most once a
+    # second): force that before ANALYZE, or they arrive after it as "modified since"
+    await conn.execute("SELECT pg_stat_force_next_flush()")
     await db.analyze(conn)
     return conn
 
@@ -110,7 +144,7 @@ async def test_hot_query_uses_an_index(seeded: asyncpg.Connection, name: str) ->
         plan = await _generic_plan(seeded, sql, types)
     finally:
         await seeded.execute("RESET plan_cache_mode")
-    scans = _scans(plan)
+    scans = _scans(plan, await _roots(seeded))
     assert scans, plan
     for node, relation in scans:
         if relation in SCANNED_BY_INDEX_ONLY:
@@ -130,11 +164,12 @@ async def test_intake_statement_touches_no_table_by_scanning(seeded: asyncpg.Con
         plan = await _generic_plan(seeded, envelopestore._ACCEPT, types)
     finally:
         await seeded.execute("RESET plan_cache_mode")
-    for node, relation in _scans(plan):
+    roots = await _roots(seeded)
+    for node, relation in _scans(plan, roots):
         if relation in SCANNED_BY_INDEX_ONLY:
             assert node != "Seq Scan", f"{node} on {relation}\n{json.dumps(plan)}"
     # sanity: it really plans the resubmission lookup and the marks
-    relations = {relation for _node, relation in _scans(plan)}
+    relations = {relation for _node, relation in _scans(plan, roots)}
     assert {"envelopes", "resubmission_keys"} <= relations
 
 
