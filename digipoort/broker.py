@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -37,7 +37,8 @@ from aio_pika.abc import (
 from aiormq.exceptions import DeliveryError
 from pamqp.commands import Basic
 
-from digipoort import metrics
+from digipoort import brokerconn, metrics
+from digipoort.config import BrokerConfig
 
 log = structlog.get_logger(__name__)
 
@@ -82,10 +83,25 @@ def _aflever_queue_args() -> dict[str, Any]:
 
 
 class Broker:
-    """One robust connection with a confirming publisher channel."""
+    """One robust connection with a confirming publisher channel. ``url`` is one node or
+    the list of a cluster's nodes: the connection goes to any node that answers and on to
+    another when its node dies (:mod:`digipoort.brokerconn`)."""
 
-    def __init__(self, url: str, *, delivery_limit: int = 5, publish_timeout: float = 10.0) -> None:
-        self.url = url
+    def __init__(
+        self,
+        url: str | Sequence[str],
+        *,
+        delivery_limit: int = 5,
+        publish_timeout: float = 10.0,
+        quorum_group_size: int | None = None,
+        connect_timeout: float = 10.0,
+        reconnect_seconds: float = 2.0,
+    ) -> None:
+        self.urls = brokerconn.as_list(url)
+        self.url = self.urls[0]
+        self.quorum_group_size = quorum_group_size
+        self.connect_timeout = connect_timeout
+        self.reconnect_seconds = reconnect_seconds
         self.publish_timeout = publish_timeout
         self.delivery_limit = delivery_limit
         self.connection: AbstractRobustConnection | None = None
@@ -99,14 +115,38 @@ class Broker:
         self._refused_since: float | None = None
         self._last_nack = 0.0
 
+    @classmethod
+    def from_settings(cls, broker: BrokerConfig) -> Broker:
+        """A broker with every connection setting of ``broker`` (the nodes, the quorum
+        group size, the timeouts)."""
+        return cls(
+            broker.nodes,
+            delivery_limit=broker.delivery_limit,
+            publish_timeout=broker.publish_timeout_seconds,
+            quorum_group_size=broker.quorum_group_size,
+            connect_timeout=broker.connect_timeout_seconds,
+            reconnect_seconds=broker.reconnect_seconds,
+        )
+
     async def connect(self) -> None:
-        self.connection = await aio_pika.connect_robust(
-            self.url, client_properties={"connection_name": "digipoort"}
+        self.connection = await brokerconn.connect_robust(
+            self.urls,
+            name="digipoort",
+            quorum_group_size=self.quorum_group_size,
+            connect_timeout=self.connect_timeout,
+            reconnect_seconds=self.reconnect_seconds,
         )
         self._channel = await self.connection.channel(
             publisher_confirms=True, on_return_raises=True
         )
         await self.declare_topology()
+
+    @property
+    def node(self) -> str | None:
+        """The node (URL, password redacted) this process is connected to, or was last."""
+        if isinstance(self.connection, brokerconn.ClusterConnection):
+            return self.connection.node
+        return None
 
     @property
     def connected(self) -> bool:

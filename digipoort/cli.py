@@ -139,12 +139,12 @@ def setup(config_path: Path | None, as_json: bool) -> None:
         created = await provision.ensure_database(settings.database.url)
         vhost = provision.vhost_of(settings.broker.url)
         step(f"RabbitMQ vhost {vhost}")
-        await provision.Management(settings.broker.management_url).ensure_vhost(vhost)
+        await provision.Management(settings.broker.management_nodes).ensure_vhost(vhost)
         step("migrations")
         applied = await db.migrate_url(settings.database.url)
         step("broker topology")
-        await prerequisites.check_broker(settings.broker.url)
-        broker = Broker(settings.broker.url, delivery_limit=settings.broker.delivery_limit)
+        await prerequisites.check_broker(settings.broker.nodes)
+        broker = Broker.from_settings(settings.broker)
         await broker.connect()
         await broker.close()
         step("registry")
@@ -179,9 +179,9 @@ async def check_setup_prerequisites(settings: Settings) -> None:
     from digipoort.provision import admin_url
 
     await prerequisites.check_database(admin_url(settings.database.url))
-    await prerequisites.check_management(settings.broker.management_url)
+    await prerequisites.check_management(settings.broker.management_nodes)
     await prerequisites.check_reachable(
-        settings.broker.url, 5672, "RabbitMQ (AMQP)", "broker.url / DIGIPOORT_BROKER__URL"
+        settings.broker.nodes, 5672, "RabbitMQ (AMQP)", "broker.url / DIGIPOORT_BROKER__URL"
     )
 
 
@@ -319,7 +319,7 @@ async def _check_serve_prerequisites(settings: Settings, names: tuple[str, ...])
     for section, host, port in ports:
         prerequisites.check_port_free(host, port, f"{section}.port")
     await prerequisites.check_database(settings.database.url)
-    await prerequisites.check_broker(settings.broker.url)
+    await prerequisites.check_broker(settings.broker.nodes)
 
 
 # -- test clients (submit, status --via) ---------------------------------------------------

@@ -155,7 +155,7 @@ class OpsCollector:
     def __init__(self, settings: Settings, *, interval: float = INTERVAL) -> None:
         self.settings = settings
         self.interval = interval
-        self.management = Management(settings.broker.management_url)
+        self.management = Management(settings.broker.management_nodes)
         self.vhost = vhost_of(settings.broker.url)
         self.queues = QueueGauges()
         self.expiry = ExpiryGauges()
