@@ -93,8 +93,25 @@ class QuorumChannel(RobustChannel):
                 queue=name,
                 wanted=size,
             )
-            await self.ready()
+            await self._restored()
             return await super().declare_queue(name, passive=True)
+
+    async def _restored(self, within: float = 30.0) -> None:
+        """Wait until aio-pika has reopened this channel after a channel error (it does
+        so from the close callback, after the error reached the caller)."""
+        reopened = asyncio.Event()
+
+        def on_reopen(*_: Any) -> None:
+            reopened.set()
+
+        self.reopen_callbacks.add(on_reopen)
+        try:
+            if self.is_closed:
+                async with asyncio.timeout(within):
+                    await reopened.wait()
+        finally:
+            self.reopen_callbacks.discard(on_reopen)
+        await self.ready()
 
 
 class ClusterConnection(RobustConnection):
