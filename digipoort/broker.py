@@ -20,6 +20,7 @@ Topology (declared idempotently at start by every process):
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Iterable, Sequence
@@ -62,6 +63,8 @@ DEAD_DELIVERIES = "x-digipoort-deliveries"
 
 #: how long a nack keeps :attr:`Broker.publishing` false without a publish since
 NACK_MEMORY = 60.0
+#: a nacked publisher channel is replaced at most this often (:meth:`Broker._renew_publisher_soon`)
+RENEW_PUBLISHER_SECONDS = 5.0
 
 
 def aflever_queue(oin: str) -> str:
@@ -114,6 +117,8 @@ class Broker:
         # since when publishes are refused (Basic.Nack), None while they are confirmed
         self._refused_since: float | None = None
         self._last_nack = 0.0
+        self._renewed = 0.0
+        self._renewing: asyncio.Task[None] | None = None
 
     @classmethod
     def from_settings(cls, broker: BrokerConfig) -> Broker:
@@ -179,6 +184,7 @@ class Broker:
         except DeliveryError as exc:
             if isinstance(exc.frame, Basic.Nack):
                 metrics.PUBLISH_NACKED.labels(exchange.name).inc()
+                self._renew_publisher_soon()
                 self._last_nack = time.monotonic()
                 if self._refused_since is None:
                     self._refused_since = self._last_nack
@@ -194,6 +200,37 @@ class Broker:
                 refused_seconds=round(time.monotonic() - self._refused_since, 1),
             )
             self._refused_since = None
+
+    def _renew_publisher_soon(self) -> None:
+        """After a nack, replace the publisher channel (at most every
+        :data:`RENEW_PUBLISHER_SECONDS`). RabbitMQ keeps per-channel state of each quorum
+        queue's enqueuer; a channel that registered while the queue was electing a new
+        leader (its node had just died) can stay refused for good (seen with 3.10),
+        while a fresh channel publishes. A nack for a real reason (a full queue) only
+        costs a channel now and then."""
+        now = time.monotonic()
+        if self._renewing is not None or now - self._renewed < RENEW_PUBLISHER_SECONDS:
+            return
+        self._renewed = now
+        self._renewing = asyncio.get_running_loop().create_task(self._renew_publisher())
+
+    async def _renew_publisher(self) -> None:
+        old = self._channel
+        try:
+            if self.connection is None or not self.connected:
+                return  # a reconnect opens fresh channels anyway
+            self._channel = await self.connection.channel(
+                publisher_confirms=True, on_return_raises=True
+            )
+            await self.declare_topology(self._declared_aflever.copy())
+            log.warning("publisher channel renewed after a nack", node=self.node)
+            if old is not None:
+                async with asyncio.timeout(5):
+                    await old.close()
+        except Exception as exc:  # the next nack tries again
+            log.warning("renewing the publisher channel failed", error=repr(exc))
+        finally:
+            self._renewing = None
 
     async def channel(self, prefetch: int = 0) -> AbstractChannel:
         assert self.connection is not None
@@ -328,6 +365,9 @@ class Broker:
         )
 
     async def close(self) -> None:
+        if self._renewing is not None:
+            self._renewing.cancel()
+            await asyncio.gather(self._renewing, return_exceptions=True)
         if self.connection is not None:
             await self.connection.close()
             self.connection = None

@@ -64,6 +64,12 @@ def translate(exc: BaseException, url: str) -> PrerequisiteError | None:
             "(check database.url or DIGIPOORT_DATABASE__URL)",
             "database-auth",
         )
+    if isinstance(exc, asyncpg.exceptions.TargetServerAttributeNotMatched):
+        return PrerequisiteError(
+            f"no PostgreSQL host{where} takes writes (each is a standby or read-only): "
+            "promote one, or fix database.url / DIGIPOORT_DATABASE__URL",
+            "database-read-only",
+        )
     if url and isinstance(exc, OSError | TimeoutError):
         return PrerequisiteError(
             f"PostgreSQL is not reachable{where} ({_reason(exc)}): start it, or fix "
@@ -77,7 +83,12 @@ async def check_database(url: str) -> None:
     """Connect to the database of ``url`` (it must exist) and close again."""
     try:
         conn = await asyncio.wait_for(asyncpg.connect(url), TIMEOUT)
-    except (asyncpg.PostgresError, OSError, TimeoutError) as exc:
+    except (
+        asyncpg.PostgresError,
+        asyncpg.exceptions.TargetServerAttributeNotMatched,
+        OSError,
+        TimeoutError,
+    ) as exc:
         error = translate(exc, url)
         if error is None:
             raise
