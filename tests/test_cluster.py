@@ -339,7 +339,7 @@ async def test_gateway_on_a_cluster_survives_losing_its_node_and_then_quorum(
 
             accepted = load.accepted
             expected = {a.kenmerk for a in accepted}
-            assert len(expected) == len(accepted) > 100
+            assert len(expected) == len(accepted) > 50
 
             async def all_delivered() -> bool:
                 return await _count_400(env) >= 2 * len(expected)
