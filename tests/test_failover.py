@@ -108,7 +108,7 @@ async def test_gateway_continues_on_the_promoted_standby(
             assert load.faults, "submissions without a primary got a clean fault"
 
             expected = {a.kenmerk for a in load.accepted}
-            assert len(expected) == len(load.accepted) > 100
+            assert len(expected) == len(load.accepted) > 30
 
             mine_400 = (
                 "SELECT count(*) FROM statuses WHERE code = '400' AND kenmerk = ANY($1::uuid[])"
