@@ -91,7 +91,7 @@ def recipients_provision(
             await broker.close()
         done = await provision_recipients(
             Management(settings.broker.management_nodes),
-            settings.broker.url,
+            settings.broker.nodes,
             oins,
             out,
             rotate=rotate,
