@@ -3,8 +3,9 @@
 A client is connected to one node at a time. ``broker.urls`` lists the nodes (the same
 vhost, user and query on each; only host and port differ). :class:`ClusterConnection` is
 aio-pika's robust connection with one change: every connection attempt — the first one
-and each reconnect — walks the list, starting after the node used last, until a node
-takes the connection. When the node of a running connection dies, the reconnect therefore
+and each reconnect — walks the list, starting after the node used last (the first
+attempt at a random node, so processes spread over the cluster), until a node takes the
+connection. When the node of a running connection dies, the reconnect therefore
 goes to another node first, and the robust channels re-declare their queues and restore
 their consumers there. Only when no node answers does the attempt fail (and the robust
 connection tries again after ``reconnect_seconds``).
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Sequence
 from typing import Any
 
@@ -130,7 +132,9 @@ class ClusterConnection(RobustConnection):
         self.urls = [URL(u) for u in as_list(urls)]
         super().__init__(self.urls[0], loop=loop, **kwargs)
         self.quorum_group_size = quorum_group_size
-        self._next = 0
+        # each process starts at a node of its own: connections (and the leaders of the
+        # quorum queues they declare, placed client-local) spread over the cluster
+        self._next = random.randrange(len(self.urls))
 
     @property
     def node(self) -> str:
