@@ -98,7 +98,7 @@ class Broker:
         publish_timeout: float = 10.0,
         quorum_group_size: int | None = None,
         connect_timeout: float = 10.0,
-        reconnect_seconds: float = 2.0,
+        reconnect_seconds: float = 5.0,
     ) -> None:
         self.urls = brokerconn.as_list(url)
         self.url = self.urls[0]

@@ -172,7 +172,7 @@ async def connect_robust(
     name: str,
     quorum_group_size: int | None = None,
     connect_timeout: TimeoutType = 10.0,
-    reconnect_seconds: float = 2.0,
+    reconnect_seconds: float = 5.0,
 ) -> ClusterConnection:
     """A :class:`ClusterConnection`, connected (to the first node that answers)."""
     connection = ClusterConnection(

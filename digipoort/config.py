@@ -62,7 +62,7 @@ class BrokerConfig(BaseModel):
     # a connection attempt to one node gives up after this long (then the next node)
     connect_timeout_seconds: float = Field(default=10.0, gt=0)
     # pause between rounds over all nodes while none answers
-    reconnect_seconds: float = Field(default=2.0, gt=0)
+    reconnect_seconds: float = Field(default=5.0, gt=0)
     prefetch: int = 256
     delivery_limit: int = 5
     # A message that fails (not an outage: see docs/reliability.md) returns to the queue
