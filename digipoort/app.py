@@ -132,7 +132,11 @@ class Gateway:
         if serve_http:
             await self._start_http()
         self.store = FilePayloadStore(s.resolve(s.storage.payload_dir))
-        log.info("connecting", database=redact_url(s.database.url), broker=redact_url(s.broker.url))
+        log.info(
+            "connecting",
+            database=redact_url(s.database.url),
+            broker=[redact_url(u) for u in s.broker.nodes],
+        )
         self.pool = await db.create_pool(
             s.database.url, min_size=s.database.pool_min, max_size=s.database.pool_max
         )
@@ -140,11 +144,7 @@ class Gateway:
             await db.migrate(conn)
         self.registry = RegistryHolder(self.pool)
         await self.registry.start()
-        self.broker = Broker(
-            s.broker.url,
-            delivery_limit=s.broker.delivery_limit,
-            publish_timeout=s.broker.publish_timeout_seconds,
-        )
+        self.broker = Broker.from_settings(s.broker)
         await self.broker.connect()
         await self.broker.ensure_aflever_queues(_recipients(self.registry.current))
         self.registry.on_change(self._registry_changed)

@@ -20,9 +20,10 @@ Topology (declared idempotently at start by every process):
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -37,7 +38,8 @@ from aio_pika.abc import (
 from aiormq.exceptions import DeliveryError
 from pamqp.commands import Basic
 
-from digipoort import metrics
+from digipoort import brokerconn, metrics
+from digipoort.config import BrokerConfig
 
 log = structlog.get_logger(__name__)
 
@@ -61,6 +63,8 @@ DEAD_DELIVERIES = "x-digipoort-deliveries"
 
 #: how long a nack keeps :attr:`Broker.publishing` false without a publish since
 NACK_MEMORY = 60.0
+#: a nacked publisher channel is replaced at most this often (:meth:`Broker._renew_publisher_soon`)
+RENEW_PUBLISHER_SECONDS = 5.0
 
 
 def aflever_queue(oin: str) -> str:
@@ -82,10 +86,25 @@ def _aflever_queue_args() -> dict[str, Any]:
 
 
 class Broker:
-    """One robust connection with a confirming publisher channel."""
+    """One robust connection with a confirming publisher channel. ``url`` is one node or
+    the list of a cluster's nodes: the connection goes to any node that answers and on to
+    another when its node dies (:mod:`digipoort.brokerconn`)."""
 
-    def __init__(self, url: str, *, delivery_limit: int = 5, publish_timeout: float = 10.0) -> None:
-        self.url = url
+    def __init__(
+        self,
+        url: str | Sequence[str],
+        *,
+        delivery_limit: int = 5,
+        publish_timeout: float = 10.0,
+        quorum_group_size: int | None = None,
+        connect_timeout: float = 10.0,
+        reconnect_seconds: float = 5.0,
+    ) -> None:
+        self.urls = brokerconn.as_list(url)
+        self.url = self.urls[0]
+        self.quorum_group_size = quorum_group_size
+        self.connect_timeout = connect_timeout
+        self.reconnect_seconds = reconnect_seconds
         self.publish_timeout = publish_timeout
         self.delivery_limit = delivery_limit
         self.connection: AbstractRobustConnection | None = None
@@ -98,15 +117,41 @@ class Broker:
         # since when publishes are refused (Basic.Nack), None while they are confirmed
         self._refused_since: float | None = None
         self._last_nack = 0.0
+        self._renewed = 0.0
+        self._renewing: asyncio.Task[None] | None = None
+
+    @classmethod
+    def from_settings(cls, broker: BrokerConfig) -> Broker:
+        """A broker with every connection setting of ``broker`` (the nodes, the quorum
+        group size, the timeouts)."""
+        return cls(
+            broker.nodes,
+            delivery_limit=broker.delivery_limit,
+            publish_timeout=broker.publish_timeout_seconds,
+            quorum_group_size=broker.quorum_group_size,
+            connect_timeout=broker.connect_timeout_seconds,
+            reconnect_seconds=broker.reconnect_seconds,
+        )
 
     async def connect(self) -> None:
-        self.connection = await aio_pika.connect_robust(
-            self.url, client_properties={"connection_name": "digipoort"}
+        self.connection = await brokerconn.connect_robust(
+            self.urls,
+            name="digipoort",
+            quorum_group_size=self.quorum_group_size,
+            connect_timeout=self.connect_timeout,
+            reconnect_seconds=self.reconnect_seconds,
         )
         self._channel = await self.connection.channel(
             publisher_confirms=True, on_return_raises=True
         )
         await self.declare_topology()
+
+    @property
+    def node(self) -> str | None:
+        """The node (URL, password redacted) this process is connected to, or was last."""
+        if isinstance(self.connection, brokerconn.ClusterConnection):
+            return self.connection.node
+        return None
 
     @property
     def connected(self) -> bool:
@@ -139,6 +184,7 @@ class Broker:
         except DeliveryError as exc:
             if isinstance(exc.frame, Basic.Nack):
                 metrics.PUBLISH_NACKED.labels(exchange.name).inc()
+                self._renew_publisher_soon()
                 self._last_nack = time.monotonic()
                 if self._refused_since is None:
                     self._refused_since = self._last_nack
@@ -154,6 +200,37 @@ class Broker:
                 refused_seconds=round(time.monotonic() - self._refused_since, 1),
             )
             self._refused_since = None
+
+    def _renew_publisher_soon(self) -> None:
+        """After a nack, replace the publisher channel (at most every
+        :data:`RENEW_PUBLISHER_SECONDS`). RabbitMQ keeps per-channel state of each quorum
+        queue's enqueuer; a channel that registered while the queue was electing a new
+        leader (its node had just died) can stay refused for good (seen with 3.10),
+        while a fresh channel publishes. A nack for a real reason (a full queue) only
+        costs a channel now and then."""
+        now = time.monotonic()
+        if self._renewing is not None or now - self._renewed < RENEW_PUBLISHER_SECONDS:
+            return
+        self._renewed = now
+        self._renewing = asyncio.get_running_loop().create_task(self._renew_publisher())
+
+    async def _renew_publisher(self) -> None:
+        old = self._channel
+        try:
+            if self.connection is None or not self.connected:
+                return  # a reconnect opens fresh channels anyway
+            self._channel = await self.connection.channel(
+                publisher_confirms=True, on_return_raises=True
+            )
+            await self.declare_topology(self._declared_aflever.copy())
+            log.warning("publisher channel renewed after a nack", node=self.node)
+            if old is not None:
+                async with asyncio.timeout(5):
+                    await old.close()
+        except Exception as exc:  # the next nack tries again
+            log.warning("renewing the publisher channel failed", error=repr(exc))
+        finally:
+            self._renewing = None
 
     async def channel(self, prefetch: int = 0) -> AbstractChannel:
         assert self.connection is not None
@@ -288,6 +365,9 @@ class Broker:
         )
 
     async def close(self) -> None:
+        if self._renewing is not None:
+            self._renewing.cancel()
+            await asyncio.gather(self._renewing, return_exceptions=True)
         if self.connection is not None:
             await self.connection.close()
             self.connection = None

@@ -142,12 +142,12 @@ def setup(config_path: Path | None, as_json: bool) -> None:
         step(f"RabbitMQ vhost {vhost}")
         # the permissions go to the gateway's own AMQP user (not always guest)
         user = unquote(urlsplit(settings.broker.url).username or "guest")
-        await provision.Management(settings.broker.management_url).ensure_vhost(vhost, user)
+        await provision.Management(settings.broker.management_nodes).ensure_vhost(vhost, user)
         step("migrations")
         applied = await db.migrate_url(settings.database.url)
         step("broker topology")
-        await prerequisites.check_broker(settings.broker.url)
-        broker = Broker(settings.broker.url, delivery_limit=settings.broker.delivery_limit)
+        await prerequisites.check_broker(settings.broker.nodes)
+        broker = Broker.from_settings(settings.broker)
         await broker.connect()
         await broker.close()
         step("registry")
@@ -182,9 +182,9 @@ async def check_setup_prerequisites(settings: Settings) -> None:
     from digipoort.provision import admin_url
 
     await prerequisites.check_database(admin_url(settings.database.url))
-    await prerequisites.check_management(settings.broker.management_url)
+    await prerequisites.check_management(settings.broker.management_nodes)
     await prerequisites.check_reachable(
-        settings.broker.url, 5672, "RabbitMQ (AMQP)", "broker.url / DIGIPOORT_BROKER__URL"
+        settings.broker.nodes, 5672, "RabbitMQ (AMQP)", "broker.url / DIGIPOORT_BROKER__URL"
     )
 
 
@@ -332,7 +332,7 @@ async def _check_serve_prerequisites(settings: Settings, names: tuple[str, ...])
             "ftp.passive_port_min/passive_port_max",
         )  # fmt: skip
     await prerequisites.check_database(settings.database.url)
-    await prerequisites.check_broker(settings.broker.url)
+    await prerequisites.check_broker(settings.broker.nodes)
 
 
 # -- test clients (submit, status --via) ---------------------------------------------------

@@ -9,27 +9,60 @@ Secrets (database and broker passwords inside URLs) are never logged: use
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, Field
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from digipoort.registry import RegistryConfig
 
 
 class DatabaseConfig(BaseModel):
+    # Several hosts for a failover pair/cluster (docs/operations.md, "PostgreSQL failover"):
+    # postgresql://user@db1:5432,db2:5432/digipoort?target_session_attrs=read-write
     url: str = "postgresql://postgres@127.0.0.1:5432/digipoort"
     pool_min: int = 2
     pool_max: int = 10
 
 
+def _url_list(value: object) -> object:
+    """A list of URLs from the environment: JSON (``["amqp://a/v", "amqp://b/v"]``) or
+    comma-separated (``amqp://a/v,amqp://b/v``)."""
+    if isinstance(value, str):
+        value = value.strip()
+        if value.startswith("["):
+            return json.loads(value)
+        return [u.strip() for u in value.split(",") if u.strip()]
+    return value
+
+
 class BrokerConfig(BaseModel):
+    # One node: ``url``. A cluster (docs/operations.md, "RabbitMQ cluster"): ``urls``, one
+    # per node (same vhost and user; only host and port differ); every process connects
+    # to any node that answers and moves on to another when its node dies. When ``urls``
+    # is set it wins and ``url`` becomes its first entry (``nodes`` is the list in effect).
     url: str = "amqp://guest:guest@127.0.0.1:5672/digipoort"
+    urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
     management_url: str = "http://guest:guest@127.0.0.1:15672"
+    # the management API of each node (the same rule as url/urls)
+    management_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # x-quorum-initial-group-size of new quorum queues; unset: 3 when urls lists 3 or
+    # more nodes, else the broker's default (every node)
+    quorum_initial_group_size: int | None = Field(default=None, ge=1, le=99)
+    # a connection attempt to one node gives up after this long (then the next node)
+    connect_timeout_seconds: float = Field(default=10.0, gt=0)
+    # pause between rounds over all nodes while none answers
+    reconnect_seconds: float = Field(default=5.0, gt=0)
     prefetch: int = 256
     delivery_limit: int = 5
     # A message that fails (not an outage: see docs/reliability.md) returns to the queue
@@ -40,6 +73,36 @@ class BrokerConfig(BaseModel):
     outage_poll_seconds: float = 1.0
     # A publish not confirmed within this time counts as failed (the sweeper republishes).
     publish_timeout_seconds: float = 10.0
+
+    @field_validator("urls", "management_urls", mode="before")
+    @classmethod
+    def _split_urls(cls, value: object) -> object:
+        return _url_list(value)
+
+    @model_validator(mode="after")
+    def _first_is_url(self) -> BrokerConfig:
+        if self.urls:
+            self.url = self.urls[0]
+        if self.management_urls:
+            self.management_url = self.management_urls[0]
+        return self
+
+    @property
+    def nodes(self) -> list[str]:
+        """The AMQP URL of every node: ``urls``, or ``[url]`` for one node."""
+        return list(self.urls) if self.urls else [self.url]
+
+    @property
+    def management_nodes(self) -> list[str]:
+        """The management API of every node: ``management_urls`` or ``[management_url]``."""
+        return list(self.management_urls) if self.management_urls else [self.management_url]
+
+    @property
+    def quorum_group_size(self) -> int | None:
+        """The initial group size new quorum queues are declared with (None: not set)."""
+        if self.quorum_initial_group_size is not None:
+            return self.quorum_initial_group_size
+        return 3 if len(self.nodes) >= 3 else None
 
 
 class StorageConfig(BaseModel):
@@ -310,11 +373,19 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
 
 
 def redact_url(url: str) -> str:
-    """The URL with any password replaced, for logs and error messages."""
+    """The URL with any password replaced, for logs and error messages (also a multi-host
+    URL such as ``postgresql://u:pw@db1:5432,db2:5432/x``)."""
     parts = urlsplit(url)
-    if parts.password is None:
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    if not at or ":" not in userinfo:
         return url
-    netloc = f"{parts.username}:***@{parts.hostname}"
-    if parts.port:
-        netloc += f":{parts.port}"
+    user = userinfo.split(":", 1)[0]
+    netloc = f"{user}:***@{hosts}"
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def url_hosts(url: str) -> list[str]:
+    """The ``host:port`` entries of a (possibly multi-host) URL, e.g. ``["db1:5432",
+    "db2:5432"]``; a missing port stays missing."""
+    netloc = urlsplit(url).netloc.rpartition("@")[2]
+    return [h for h in netloc.split(",") if h] or ["127.0.0.1"]

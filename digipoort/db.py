@@ -5,13 +5,24 @@ hot tables; a process start (:func:`migrate`) does so when it applied a migratio
 table was never analyzed. A plan made from no statistics or stale ones can scan a whole
 table per envelope; the ``opsmetrics`` component exports the statistics' age and the
 dead-tuple ratio, and ``DigipoortStaleStatistics`` warns.
+
+``database.url`` may name several hosts (a primary and its standbys,
+``postgresql://u@db1:5432,db2:5432/digipoort?target_session_attrs=read-write``): asyncpg
+tries them in order and keeps the first that takes writes. A multi-host URL without
+``target_session_attrs`` gets ``read-write`` here, so the gateway never writes to (or
+waits on) a standby. After a failover the connections to the old primary fail (an
+outage: the stages wait, ``/readyz`` expires the pool's connections) and every new one
+goes to the new primary. Durable accept across a failover needs synchronous replication
+(docs/reliability.md, "PostgreSQL failover").
 """
 
 from __future__ import annotations
 
 import importlib.resources
 import json
+import os
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 import structlog
@@ -44,9 +55,24 @@ async def _reset(conn: asyncpg.Connection) -> None:
         await conn.execute("ROLLBACK")
 
 
+def multi_host(url: str) -> bool:
+    """Whether ``url`` names more than one host."""
+    return "," in urlsplit(url).netloc
+
+
+def _session_attrs(url: str) -> dict[str, Any]:
+    """``target_session_attrs=read-write`` for a multi-host URL that does not say."""
+    if not multi_host(url) or "target_session_attrs" in parse_qs(urlsplit(url).query):
+        return {}
+    if os.environ.get("PGTARGETSESSIONATTRS"):
+        return {}
+    return {"target_session_attrs": "read-write"}
+
+
 async def create_pool(url: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
     pool = await asyncpg.create_pool(
         url,
+        **_session_attrs(url),
         min_size=min_size,
         max_size=max_size,
         init=_init_connection,
@@ -59,7 +85,7 @@ async def create_pool(url: str, *, min_size: int = 2, max_size: int = 10) -> asy
 
 async def connect(url: str) -> asyncpg.Connection:
     """A single connection with the same codecs as the pool's."""
-    conn: asyncpg.Connection = await asyncpg.connect(url)
+    conn: asyncpg.Connection = await asyncpg.connect(url, **_session_attrs(url))
     await _init_connection(conn)
     return conn
 

@@ -246,7 +246,7 @@ class OpsCollector:
         self.settings = settings
         self.pool = pool
         self.interval = interval
-        self.management = Management(settings.broker.management_url)
+        self.management = Management(settings.broker.management_nodes)
         self.vhost = vhost_of(settings.broker.url)
         self.queues = QueueGauges()
         self.expiry = ExpiryGauges()

@@ -35,6 +35,8 @@ def _outage(exc: BaseException) -> bool:
             asyncpg.exceptions.OperatorInterventionError,  # shutting down, starting up
             asyncpg.exceptions.InsufficientResourcesError,  # too many connections, disk full
             asyncpg.exceptions.ReadOnlySQLTransactionError,  # a standby, mid-failover
+            # a multi-host URL whose hosts all answer but none takes writes yet (failover)
+            asyncpg.exceptions.TargetServerAttributeNotMatched,
             ChannelInvalidStateError,
         ),
     ):
@@ -61,7 +63,14 @@ def describe_outage(exc: BaseException) -> str:
     """ "database" or "broker", for logs, metrics and /readyz."""
     current: BaseException | None = exc
     while current is not None:
-        if isinstance(current, (asyncpg.PostgresError, asyncpg.InterfaceError)):
+        if isinstance(
+            current,
+            (
+                asyncpg.PostgresError,
+                asyncpg.InterfaceError,
+                asyncpg.exceptions.TargetServerAttributeNotMatched,
+            ),
+        ):
             return "database"
         if isinstance(current, (AMQPError, ChannelInvalidStateError)):
             return "broker"

@@ -12,12 +12,13 @@ import asyncio
 import errno
 import logging
 import socket
+from collections.abc import Sequence
 from urllib.parse import unquote, urlsplit
 
 import aiohttp
 import asyncpg
 
-from digipoort.config import redact_url
+from digipoort.config import redact_url, url_hosts
 
 TIMEOUT = 10.0
 
@@ -29,8 +30,8 @@ class PrerequisiteError(Exception):
 
 
 def _where(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.hostname or '127.0.0.1'}:{parts.port or ''}".rstrip(":")
+    """``host:port`` of ``url``; ``h1:p1,h2:p2`` of a multi-host URL."""
+    return ",".join(url_hosts(url))
 
 
 def _reason(exc: BaseException) -> str:
@@ -63,6 +64,12 @@ def translate(exc: BaseException, url: str) -> PrerequisiteError | None:
             "(check database.url or DIGIPOORT_DATABASE__URL)",
             "database-auth",
         )
+    if isinstance(exc, asyncpg.exceptions.TargetServerAttributeNotMatched):
+        return PrerequisiteError(
+            f"no PostgreSQL host{where} takes writes (each is a standby or read-only): "
+            "promote one, or fix database.url / DIGIPOORT_DATABASE__URL",
+            "database-read-only",
+        )
     if url and isinstance(exc, OSError | TimeoutError):
         return PrerequisiteError(
             f"PostgreSQL is not reachable{where} ({_reason(exc)}): start it, or fix "
@@ -76,7 +83,12 @@ async def check_database(url: str) -> None:
     """Connect to the database of ``url`` (it must exist) and close again."""
     try:
         conn = await asyncio.wait_for(asyncpg.connect(url), TIMEOUT)
-    except (asyncpg.PostgresError, OSError, TimeoutError) as exc:
+    except (
+        asyncpg.PostgresError,
+        asyncpg.exceptions.TargetServerAttributeNotMatched,
+        OSError,
+        TimeoutError,
+    ) as exc:
         error = translate(exc, url)
         if error is None:
             raise
@@ -85,9 +97,37 @@ async def check_database(url: str) -> None:
 
 
 async def check_broker(
-    url: str, *, setting: str = "broker.url", env: str = "DIGIPOORT_BROKER__URL"
+    url: str | Sequence[str],
+    *,
+    setting: str = "broker.url",
+    env: str = "DIGIPOORT_BROKER__URL",
 ) -> None:
-    """Open an AMQP connection to ``url`` (login and vhost) and close it again."""
+    """Open an AMQP connection to ``url`` (login and vhost) and close it again. Given the
+    nodes of a cluster, one node that takes the connection is enough; a refused login or
+    vhost is reported at once (every node has the same users and vhosts)."""
+    urls = [url] if isinstance(url, str) else list(url)
+    if len(urls) > 1 and setting == "broker.url":
+        setting, env = "broker.urls", "DIGIPOORT_BROKER__URLS"
+    unreachable: list[PrerequisiteError] = []
+    for one in urls:
+        try:
+            await _check_broker_node(one, setting=setting, env=env)
+        except PrerequisiteError as exc:
+            if exc.code != "broker-unreachable":
+                raise
+            unreachable.append(exc)
+        else:
+            return
+    if len(unreachable) == 1:
+        raise unreachable[0]
+    where = ", ".join(_where(u) for u in urls)
+    raise PrerequisiteError(
+        f"no RabbitMQ node is reachable ({where}): start them, or fix {setting} / {env}",
+        "broker-unreachable",
+    ) from unreachable[-1]
+
+
+async def _check_broker_node(url: str, *, setting: str, env: str) -> None:
     import aiormq
     from aiormq import exceptions as amqp
 
@@ -126,8 +166,22 @@ async def check_broker(
     await conn.close()
 
 
-async def check_management(url: str) -> None:
-    """The management API answers, accepts the login and may create vhosts."""
+async def check_management(url: str | Sequence[str]) -> None:
+    """The management API answers, accepts the login and may create vhosts (of a cluster:
+    the first node whose API answers)."""
+    urls = [url] if isinstance(url, str) else list(url)
+    for one in urls[:-1]:
+        try:
+            await _check_management_node(one)
+        except PrerequisiteError as exc:
+            if exc.code != "management-unreachable":
+                raise
+        else:
+            return
+    await _check_management_node(urls[-1])
+
+
+async def _check_management_node(url: str) -> None:
     from digipoort.provision import Management
 
     management = Management(url)
@@ -169,8 +223,21 @@ async def check_management(url: str) -> None:
         )
 
 
-async def check_reachable(url: str, default_port: int, what: str, setting: str) -> None:
-    """A TCP connection to the host and port of ``url`` opens."""
+async def check_reachable(
+    url: str | Sequence[str], default_port: int, what: str, setting: str
+) -> None:
+    """A TCP connection to the host and port of ``url`` opens (of a list: to one of them)."""
+    urls = [url] if isinstance(url, str) else list(url)
+    for one in urls[:-1]:
+        try:
+            await _check_reachable(one, default_port, what, setting)
+        except PrerequisiteError:
+            continue
+        return
+    await _check_reachable(urls[-1], default_port, what, setting)
+
+
+async def _check_reachable(url: str, default_port: int, what: str, setting: str) -> None:
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or default_port
     try:

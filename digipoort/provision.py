@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import aiohttp
@@ -57,11 +58,21 @@ def vhost_of(amqp_url: str) -> str:
 
 
 class Management:
-    """A small client of RabbitMQ's management HTTP API."""
+    """A small client of RabbitMQ's management HTTP API. Given the API of several nodes
+    of a cluster it asks the one that answered last, and on a connection failure the
+    next (every node serves the whole cluster's state)."""
 
-    def __init__(self, management_url: str) -> None:
+    def __init__(self, management_url: str | Sequence[str]) -> None:
+        urls = [management_url] if isinstance(management_url, str) else list(management_url)
+        if not urls:
+            raise ValueError("no management URL configured (broker.management_urls)")
+        self._nodes = [self._node(u) for u in urls]
+        self._current = 0
+
+    @staticmethod
+    def _node(management_url: str) -> tuple[str, dict[str, str]]:
         parts = urlsplit(management_url)
-        self.base = urlunsplit(
+        base = urlunsplit(
             (
                 parts.scheme,
                 f"{parts.hostname}:{parts.port or 15672}",
@@ -73,9 +84,30 @@ class Management:
         user = unquote(parts.username or "guest")
         password = unquote(parts.password or "guest")
         token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
-        self.headers = {"Authorization": f"Basic {token}"}
+        return base, {"Authorization": f"Basic {token}"}
+
+    @property
+    def base(self) -> str:
+        """The base URL of the node asked (no credentials)."""
+        return self._nodes[self._current][0]
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return self._nodes[self._current][1]
 
     async def request(self, method: str, path: str, json: object | None = None) -> object:
+        last: BaseException | None = None
+        for _ in range(len(self._nodes)):
+            try:
+                return await self._request(method, path, json)
+            except (aiohttp.ClientConnectionError, TimeoutError, OSError) as exc:
+                last = exc
+                log.warning("management API not available", node=self.base, error=repr(exc))
+                self._current = (self._current + 1) % len(self._nodes)
+        assert last is not None
+        raise last
+
+    async def _request(self, method: str, path: str, json: object | None) -> object:
         async with (
             aiohttp.ClientSession(headers=self.headers) as session,
             session.request(

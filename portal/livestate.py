@@ -35,7 +35,7 @@ def _rate(q: dict[str, Any], key: str) -> float:
 
 
 async def queues(ctx: Context) -> tuple[list[dict[str, Any]], str | None]:
-    management = Management(ctx.settings.broker.management_url)
+    management = Management(ctx.settings.broker.management_nodes)
     vhost = vhost_of(ctx.settings.broker.url)
     try:
         result = await management.request(

@@ -82,7 +82,7 @@ async def act(
     why = _reason(reason)
     if not confirmed:
         raise Problem(422, "confirm-required", "bevestig de actie")
-    amqp = ctx.settings.broker.url
+    amqp = ctx.settings.broker.nodes
     if action == "repush":
         if not recipient:
             raise Problem(422, "recipient-required", "kies de ontvanger")
@@ -104,7 +104,7 @@ async def act(
 
 async def dead_letters(ctx: Context, caller: Caller) -> list[dict[str, Any]]:
     require_operator(caller)
-    letters = await deadletters.list_dead(ctx.settings.broker.url)
+    letters = await deadletters.list_dead(ctx.settings.broker.nodes)
     return [letter.as_dict() for letter in letters[:1000]]
 
 

@@ -80,18 +80,18 @@ def recipients_provision(
         from routing.provision import provision_recipients, recipient_oins
 
         await prerequisites.check_database(settings.database.url)
-        await prerequisites.check_broker(settings.broker.url)
-        await prerequisites.check_management(settings.broker.management_url)
+        await prerequisites.check_broker(settings.broker.nodes)
+        await prerequisites.check_management(settings.broker.management_nodes)
         oins = sorted({*recipient_oins(settings.registry), *await _registry_recipients()})
-        broker = Broker(settings.broker.url, delivery_limit=settings.broker.delivery_limit)
+        broker = Broker.from_settings(settings.broker)
         await broker.connect()  # topology, including every recipient's queue
         try:
             await broker.ensure_aflever_queues(oins)
         finally:
             await broker.close()
         done = await provision_recipients(
-            Management(settings.broker.management_url),
-            settings.broker.url,
+            Management(settings.broker.management_nodes),
+            settings.broker.nodes,
             oins,
             out,
             rotate=rotate,
@@ -125,7 +125,8 @@ def recipients_provision(
     envvar="DIGIPOORT_SUBSCRIBER_AMQP_URL",
     required=True,
     help="The recipient's AMQP URL (from recipients provision); or "
-    "$DIGIPOORT_SUBSCRIBER_AMQP_URL. Never logged.",
+    "$DIGIPOORT_SUBSCRIBER_AMQP_URL. Never logged. A cluster: the URL of each node, "
+    "comma-separated.",
 )
 @click.option(
     "--out",
@@ -212,10 +213,12 @@ def subscribe(
         else:
             click.echo(line)
 
+    nodes = [u.strip() for u in amqp_url.split(",") if u.strip()]
+
     async def go() -> int:
         stop = stop_on_signals()
         await prerequisites.check_broker(
-            amqp_url, setting="--amqp-url", env="$DIGIPOORT_SUBSCRIBER_AMQP_URL"
+            nodes, setting="--amqp-url", env="$DIGIPOORT_SUBSCRIBER_AMQP_URL"
         )
         fetcher = None
         if cert and key and ca:
@@ -226,7 +229,7 @@ def subscribe(
             fetcher.on_progress = download_progress()
         try:
             return await run_subscriber(
-                amqp_url, oin, out_dir, count=count, stop=stop, on_stored=show, fetcher=fetcher
+                nodes, oin, out_dir, count=count, stop=stop, on_stored=show, fetcher=fetcher
             )
         except ChannelAccessRefused as exc:
             raise CliError(
@@ -289,8 +292,8 @@ def dead_list(config_path: Path | None, as_json: bool) -> None:
 async def _dead_letters(settings: Settings) -> list[DeadLetter]:
     from routing.deadletters import list_dead
 
-    await prerequisites.check_broker(settings.broker.url)
-    return await list_dead(settings.broker.url)
+    await prerequisites.check_broker(settings.broker.nodes)
+    return await list_dead(settings.broker.nodes)
 
 
 @dead.command("show")
@@ -328,7 +331,7 @@ def dead_retry(
 
     done = _run(
         lambda: _with_pool(
-            settings, lambda pool: retry(settings.broker.url, pool, set(kenmerken), actor=actor)
+            settings, lambda pool: retry(settings.broker.nodes, pool, set(kenmerken), actor=actor)
         )
     )
     _report_dead(
@@ -373,7 +376,7 @@ def dead_discard(
         lambda: _with_pool(
             settings,
             lambda pool: discard(
-                settings.broker.url, pool, set(kenmerken), actor=actor, reason=reason
+                settings.broker.nodes, pool, set(kenmerken), actor=actor, reason=reason
             ),
         )
     )

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -25,7 +25,7 @@ import asyncpg
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
 
-from digipoort import metrics
+from digipoort import brokerconn, metrics
 from digipoort.app import Gateway
 from digipoort.broker import (
     DEAD_DELIVERIES,
@@ -227,9 +227,9 @@ async def _take_all(
     return taken
 
 
-async def list_dead(amqp_url: str) -> list[DeadLetter]:
+async def list_dead(amqp_url: str | Sequence[str]) -> list[DeadLetter]:
     """Every message in ``digipoort.dead``; all stay in the queue."""
-    connection = await aio_pika.connect(amqp_url)
+    connection = await brokerconn.connect_first(amqp_url)
     try:
         channel = await connection.channel()
         letters = [describe(m) for m in await _take_all(channel)]
@@ -254,12 +254,12 @@ async def _audit(
 
 
 async def retry(
-    amqp_url: str, pool: asyncpg.Pool, kenmerken: set[str], *, actor: str
+    amqp_url: str | Sequence[str], pool: asyncpg.Pool, kenmerken: set[str], *, actor: str
 ) -> list[DeadLetter]:
     """Re-publish the dead work items of ``kenmerken`` to their stage's work queue (via
     ``digipoort.work``, confirmed) and only then remove them from ``digipoort.dead``.
     Status reports cannot be retried (discard them). Returns those retried."""
-    connection = await aio_pika.connect(amqp_url)
+    connection = await brokerconn.connect_first(amqp_url)
     done: list[DeadLetter] = []
     try:
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
@@ -291,11 +291,16 @@ async def retry(
 
 
 async def discard(
-    amqp_url: str, pool: asyncpg.Pool, kenmerken: set[str], *, actor: str, reason: str
+    amqp_url: str | Sequence[str],
+    pool: asyncpg.Pool,
+    kenmerken: set[str],
+    *,
+    actor: str,
+    reason: str,
 ) -> list[DeadLetter]:
     """Record the final status (if not yet there) and an audit row, then remove the
     dead letters of ``kenmerken`` from ``digipoort.dead``."""
-    connection = await aio_pika.connect(amqp_url)
+    connection = await brokerconn.connect_first(amqp_url)
     done: list[DeadLetter] = []
     try:
         channel = await connection.channel()

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
@@ -132,14 +132,17 @@ async def _user_exists(mgmt: Management, user: str) -> bool:
 
 async def provision_recipients(
     mgmt: Management,
-    amqp_url: str,
+    amqp_url: str | Sequence[str],
     oins: Iterable[str],
     out_dir: Path,
     *,
     rotate: bool = False,
 ) -> list[Provisioned]:
-    """Create or update the user and permissions of each recipient (idempotent)."""
-    vhost = vhost_of(amqp_url)
+    """Create or update the user and permissions of each recipient (idempotent). Given
+    the nodes of a cluster, each recipient's file lists a URL per node, comma-separated
+    (what ``digipoort subscribe --amqp-url`` takes)."""
+    nodes = [amqp_url] if isinstance(amqp_url, str) else list(amqp_url)
+    vhost = vhost_of(nodes[0])
     results: list[Provisioned] = []
     for oin in oins:
         user = recipient_user(oin, vhost)
@@ -160,7 +163,8 @@ async def provision_recipients(
             permissions(oin),
         )
         if action != "kept":
-            write_secret(path, recipient_url(amqp_url, user, password) + "\n")
+            urls = ",".join(recipient_url(u, user, password) for u in nodes)
+            write_secret(path, urls + "\n")
         log.info("recipient provisioned", recipient=oin, user=user, action=action)
         results.append(Provisioned(oin, user, path, action))
     return results

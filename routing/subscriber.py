@@ -29,17 +29,17 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-import aio_pika
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
 from lxml import etree
 
+from digipoort import brokerconn
 from digipoort.broker import aflever_queue
 from digipoort.xmlsafe import XmlLimits, XmlRejected, parse
 from routing.afleverrequest import NS
@@ -315,7 +315,7 @@ async def handle(
 
 
 async def subscribe(
-    amqp_url: str,
+    amqp_url: str | Sequence[str],
     oin: str,
     out_dir: Path,
     *,
@@ -326,18 +326,19 @@ async def subscribe(
     fetcher: ReferenceFetcher | None = None,
 ) -> int:
     """Consume ``digipoort.aflever.<oin>`` into ``out_dir`` until ``stop`` is set or
-    ``count`` messages were handled; returns the number handled."""
+    ``count`` messages were handled; returns the number handled. ``amqp_url`` may list
+    the nodes of a cluster: the subscriber connects to any of them and, when its node
+    dies, goes on consuming on another (the queue is declared passively on a robust
+    channel, so the consumer is restored after every reconnect)."""
     stop = stop or asyncio.Event()
     await asyncio.to_thread(out_dir.mkdir, parents=True, exist_ok=True)
     inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
-    connection = await aio_pika.connect_robust(
-        amqp_url, client_properties={"connection_name": f"subscriber {oin}"}
-    )
+    connection = await brokerconn.connect_robust(amqp_url, name=f"subscriber {oin}")
     handled = 0
     try:
         channel = await connection.channel()
         await channel.set_qos(prefetch_count=prefetch)
-        queue = await channel.get_queue(aflever_queue(oin), ensure=False)
+        queue = await channel.declare_queue(aflever_queue(oin), passive=True)
         tag = await queue.consume(inbox.put)
         stopping = asyncio.ensure_future(stop.wait())
         try:

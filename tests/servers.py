@@ -305,6 +305,50 @@ async def rabbit_node(*, management: bool = True) -> AsyncIterator[RabbitNode]:
         shutil.rmtree(base, ignore_errors=True)
 
 
+class RabbitCluster:
+    """Nodes of one RabbitMQ cluster of our own (a shared cookie, joined to the first)."""
+
+    def __init__(self, nodes: list[RabbitNode]) -> None:
+        self.nodes = nodes
+
+    def amqp_urls(self, vhost: str = "") -> list[str]:
+        suffix = f"/{vhost}" if vhost else ""
+        return [f"{n.amqp_url}{suffix}" for n in self.nodes]
+
+    @property
+    def management_urls(self) -> list[str]:
+        return [n.management_url for n in self.nodes]
+
+    def node_of(self, url: str) -> RabbitNode:
+        """The node whose AMQP port ``url`` names."""
+        for n in self.nodes:
+            if f":{n.amqp_port}" in url:
+                return n
+        raise LookupError(f"no node of this cluster at {url}")
+
+    @property
+    def running(self) -> list[RabbitNode]:
+        return [n for n in self.nodes if n.running]
+
+
+@contextlib.asynccontextmanager
+async def rabbit_cluster(size: int = 3) -> AsyncIterator[RabbitCluster]:
+    """``size`` nodes started at once, then joined to the first one's cluster; all are
+    killed and removed afterwards."""
+    base = Path(tempfile.mkdtemp(prefix="dptest-rabbitcluster-"))
+    cookie = secrets.token_hex(16)
+    nodes = [RabbitNode(base, cookie=cookie) for _ in range(size)]
+    try:
+        await asyncio.gather(*(n.start() for n in nodes))
+        for n in nodes[1:]:
+            await n.join(nodes[0])
+        yield RabbitCluster(nodes)
+    finally:
+        for n in nodes:
+            await n.remove()
+        shutil.rmtree(base, ignore_errors=True)
+
+
 # -- PostgreSQL ----------------------------------------------------------------------------
 
 
@@ -462,6 +506,58 @@ class PgCluster:
         await self.stop()
         await self.start()
 
+    async def promote(self, *, timeout: float = 60.0) -> None:
+        """``pg_ctl promote``: a standby becomes a primary (waits until it takes writes)."""
+        await _run(
+            self._as_user(
+                [_pg_bin("pg_ctl"), "-D", str(self.data), "-w", "-t", str(int(timeout)), "promote"]
+            ),
+            timeout=timeout + 10,
+        )
+
+    async def sql(self, statement: str) -> None:
+        """Run one statement as the superuser on the ``postgres`` database."""
+        conn = await asyncpg.connect(self.url(), timeout=10)
+        try:
+            await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    async def init_standby(self, primary: PgCluster, application_name: str) -> None:
+        """This (not yet initialised) cluster as a streaming standby of ``primary``:
+        ``pg_basebackup`` of the primary, ``standby.signal`` and a ``primary_conninfo``
+        naming ``application_name`` (for ``synchronous_standby_names``)."""
+        if self._user:
+            pw = pwd.getpwnam(self._user)
+            os.chown(self.dir, pw.pw_uid, pw.pw_gid)
+        await _run(
+            self._as_user(
+                [
+                    _pg_bin("pg_basebackup"),
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(primary.port),
+                    "-U",
+                    "postgres",
+                    "-D",
+                    str(self.data),
+                    "-X",
+                    "stream",
+                    "-R",
+                    "--no-sync",
+                    "-c",
+                    "fast",
+                ]
+            ),
+            timeout=300,
+        )
+        conninfo = (
+            f"host=127.0.0.1 port={primary.port} user=postgres application_name={application_name}"
+        )
+        with (self.data / "postgresql.auto.conf").open("a") as fh:
+            fh.write(f"primary_conninfo = '{conninfo}'\n")
+
     async def remove(self) -> None:
         try:
             await self.stop(mode="immediate", timeout=30)
@@ -498,6 +594,56 @@ async def pg_cluster(*, settings: dict[str, str] | None = None) -> AsyncIterator
         yield cluster
     finally:
         await cluster.remove()
+
+
+class PgPair:
+    """A primary and a synchronous streaming standby of our own."""
+
+    def __init__(self, primary: PgCluster, standby: PgCluster) -> None:
+        self.primary = primary
+        self.standby = standby
+
+    def url(self, database: str) -> str:
+        """A multi-host URL of both that connects to whichever takes writes."""
+        return (
+            f"postgresql://postgres@127.0.0.1:{self.primary.port},127.0.0.1:{self.standby.port}"
+            f"/{database}?target_session_attrs=read-write"
+        )
+
+
+@contextlib.asynccontextmanager
+async def pg_pair(*, application_name: str = "standby1") -> AsyncIterator[PgPair]:
+    """A primary with a synchronous standby (``synchronous_standby_names`` names it and
+    ``synchronous_commit`` is on: a commit returns once the standby has flushed it)."""
+    primary = PgCluster(Path(tempfile.mkdtemp(prefix="dptest-pgprimary-")))
+    standby = PgCluster(Path(tempfile.mkdtemp(prefix="dptest-pgstandby-")))
+    try:
+        await primary.start()
+        await standby.init_standby(primary, application_name)
+        await standby.start()
+        await primary.sql(f"ALTER SYSTEM SET synchronous_standby_names = '{application_name}'")
+        await primary.sql("SELECT pg_reload_conf()")
+
+        async def synchronous() -> bool:
+            conn = await asyncpg.connect(primary.url(), timeout=10)
+            try:
+                state = await conn.fetchval(
+                    "SELECT sync_state FROM pg_stat_replication WHERE application_name = $1",
+                    application_name,
+                )
+            finally:
+                await conn.close()
+            return bool(state == "sync")
+
+        deadline = time.monotonic() + START_TIMEOUT
+        while not await synchronous():
+            if time.monotonic() > deadline:
+                raise ServerError(f"standby not synchronous:\n{_tail(standby._log)}")
+            await asyncio.sleep(0.2)
+        yield PgPair(primary, standby)
+    finally:
+        await standby.remove()
+        await primary.remove()
 
 
 # -- a gateway environment on servers of its own ---------------------------------------------
