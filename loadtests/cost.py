@@ -229,7 +229,7 @@ class Cost:
             out.append(s)
         if self.statements:
             out.append("  statements per envelope (calls, rows):")
-            top = sorted(self.statements.items(), key=lambda kv: -kv[1][0])[:14]
+            top = sorted(self.statements.items(), key=lambda kv: -kv[1][0])[:24]
             for q, (c, r) in top:
                 if c / n >= 0.01:
                     out.append(f"    {c / n:6.2f} {r / n:6.2f}  {q}")
