@@ -117,28 +117,37 @@ class BatchConsumer:
         log.info("stage consuming", stage=self.stage)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
-        if message.delivery_tag is not None:
-            if message.channel not in self._unsettled:  # a new channel: forget closed ones
+        channel = _channel_of(message)
+        if message.delivery_tag is not None and channel is not None:
+            if channel not in self._unsettled:  # a new channel: forget closed ones
                 for ch in [c for c in self._unsettled if getattr(c, "is_closed", False)]:
                     del self._unsettled[ch]
-            self._unsettled.setdefault(message.channel, set()).add(message.delivery_tag)
+            self._unsettled.setdefault(channel, set()).add(message.delivery_tag)
         self._buffer.put_nowait(message)
 
     def _settled(self, message: AbstractIncomingMessage) -> None:
-        tags = self._unsettled.get(message.channel)
+        channel = _channel_of(message)
+        if channel is None:
+            return
+        tags = self._unsettled.get(channel)
         if tags is not None and message.delivery_tag is not None:
             tags.discard(message.delivery_tag)
             if not tags:
-                del self._unsettled[message.channel]
+                del self._unsettled[channel]
 
     async def _ack_all(self, messages: list[AbstractIncomingMessage]) -> None:
         """Ack a processed batch: per channel one ``basic.ack multiple=True`` on the
         highest delivery tag when every unsettled tag up to it is in the batch, else one
-        ack per message."""
+        ack per message (messages of a channel closed meanwhile — a reconnect — are
+        redelivered by the broker anyway: their acks fail and are only logged)."""
         by_channel: dict[object, list[AbstractIncomingMessage]] = {}
         for m in messages:
-            by_channel.setdefault(m.channel, []).append(m)
+            by_channel.setdefault(_channel_of(m), []).append(m)
         for channel, group in by_channel.items():
+            if channel is None:
+                for m in group:
+                    await _settle(m.ack())
+                continue
             tags = {m.delivery_tag for m in group if m.delivery_tag is not None}
             last = max(group, key=lambda m: m.delivery_tag or 0)
             outstanding = self._unsettled.get(channel, set())
@@ -192,6 +201,10 @@ class BatchConsumer:
                     await self._process(batch)
                 except _Stopping:
                     return
+                except Exception as exc:  # never let the loop die silently
+                    log.error(
+                        "stage loop error; batch left unacked", stage=self.stage, error=repr(exc)
+                    )
 
     async def _process(self, batch: list[AbstractIncomingMessage]) -> None:
         started = time.perf_counter()
@@ -345,6 +358,15 @@ class BatchConsumer:
 
 
 _background: set[asyncio.Task[None]] = set()
+
+
+def _channel_of(message: AbstractIncomingMessage) -> object | None:
+    """The (low-level) channel a message came on; None once that channel is closed
+    (aio-pika raises then: after a reconnect the broker redelivers the message)."""
+    try:
+        return message.channel
+    except Exception:
+        return None
 
 
 def delivery_count(message: AbstractIncomingMessage) -> int:
