@@ -7,6 +7,10 @@ and status 405 per recipient, committed together. Then the ``afleverRequest`` is
 published to ``digipoort.aflever.<OIN>`` with a confirm, and 400 is recorded per
 recipient. A redelivered work item re-publishes only deliveries still ``pending``;
 recipients of an envelope, once routed, never change.
+
+Since issue 15 the validation stage routes what it validated itself (one consumer, one
+statement for validation and routing, :meth:`RoutingStage.route`); :meth:`RoutingStage.handle`
+serves the former ``digipoort.route`` queue (work items of an older version).
 """
 
 from __future__ import annotations

@@ -15,8 +15,10 @@ For each envelope, in order:
    warnings only → 301 with the warnings in statusdetails. The profile and its versions
    are recorded on the envelope (``envelopes.validatieprofiel``).
 
-The codes are listed in docs/codes.md. Redelivered work items are recognised by the
-envelope's stage and only forwarded again, never validated twice.
+The codes are listed in docs/codes.md. A validated envelope is routed in the same stage
+and the same statement (issue 15: ``routing.router.RoutingStage`` plans the delivery rows
+and 405s, then publishes to the recipient queues and records the 400s). Redelivered work
+items are recognised by the envelope's stage and never validated twice.
 """
 
 from __future__ import annotations
