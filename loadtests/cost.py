@@ -107,10 +107,12 @@ async def amqp_stats(management_url: str) -> dict[str, int]:
 async def amqp_settled(management_url: str, interval: float = 1.0) -> dict[str, int]:
     """The management counters once they stopped moving (they lag by a stats interval)."""
     last = await amqp_stats(management_url)
-    for _ in range(30):
+    same = 0
+    for _ in range(40):
         await asyncio.sleep(interval * 2.5)
         now = await amqp_stats(management_url)
-        if now == last:
+        same = same + 1 if now == last else 0
+        if same >= 2:  # unchanged over two intervals in a row (a loaded node lags)
             return now
         last = now
     return last
