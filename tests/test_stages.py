@@ -5,6 +5,7 @@ cover a message held for its retry (real RabbitMQ and PostgreSQL)."""
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
 import pytest
@@ -14,6 +15,7 @@ from digipoort.broker import ROUTE
 from digipoort.envelopestore import set_stage
 from digipoort.status import Status
 from digipoort.statusstore import write_statuses
+from routing.delivery_schedule import CircuitBreaker
 from tests.support import BELASTINGDIENST, Env, aanlevering, wait_for
 
 HAPPY = ["105", "100", "110", "200", "301", "405", "400"]
@@ -122,3 +124,17 @@ async def test_batch_ack_never_covers_a_message_held_for_its_retry(env: Env) -> 
 
 async def _true(value: bool) -> bool:
     return value
+
+
+def test_open_breaker_tells_the_deliverer_when_to_wake() -> None:
+    """The deliverer sleeps until NOTIFY, the next due time or a breaker's trial (no
+    polling): an open breaker says when its trial is due; closed or trying: never."""
+    now = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+    b = CircuitBreaker(failures=1, reset=10)
+    assert b.half_open_at() is None
+    b.failure(now)
+    assert b.half_open_at() == now + timedelta(seconds=10)
+    b.begin_trial()
+    assert b.half_open_at() is None
+    b.success()
+    assert b.half_open_at() is None
