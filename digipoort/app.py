@@ -217,6 +217,7 @@ class Gateway:
             retry_backoff=self.settings.broker.retry_backoff_seconds,
             probe=self.dependencies_up,
             outage_poll=self.settings.broker.outage_poll_seconds,
+            gather=self.settings.broker.gather_ms / 1000.0,
         )
         await consumer.start()
         self._consumers.append(consumer)

@@ -64,6 +64,9 @@ class BrokerConfig(BaseModel):
     # pause between rounds over all nodes while none answers
     reconnect_seconds: float = Field(default=5.0, gt=0)
     prefetch: int = 256
+    # A stage that finds fewer messages waiting than a batch holds waits this long for
+    # more (one timer per batch, no polling), so light load batches too; 0 = no window.
+    gather_ms: float = Field(default=2.0, ge=0, le=100)
     delivery_limit: int = 5
     # A message that fails (not an outage: see docs/reliability.md) returns to the queue
     # after this long, doubling per delivery (capped at 60 s).

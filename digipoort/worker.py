@@ -76,6 +76,7 @@ class BatchConsumer:
         retry_backoff: float = 2.0,
         probe: Probe | None = None,
         outage_poll: float = 1.0,
+        gather: float = 0.0,
     ) -> None:
         self._broker = broker
         # the work queue's x-delivery-limit (the broker's setting unless given)
@@ -86,7 +87,12 @@ class BatchConsumer:
         self.stage = stage
         self._handler = handler
         self._prefetch = prefetch
-        self._max_batch = max_batch
+        # a batch is at most half the prefetch window: the next one arrives meanwhile
+        self._max_batch = max(1, min(max_batch, prefetch // 2 or max_batch))
+        self._gather = gather
+        # delivery tags delivered on each channel and not settled yet (multiple=True acks
+        # must never cover a message held for its retry backoff or through an outage)
+        self._unsettled: dict[object, set[int]] = {}
         self._buffer: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
         self._channel: AbstractChannel | None = None
         self._consumer_tag: str | None = None
@@ -111,7 +117,50 @@ class BatchConsumer:
         log.info("stage consuming", stage=self.stage)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        channel = _channel_of(message)
+        if message.delivery_tag is not None and channel is not None:
+            if channel not in self._unsettled:  # a new channel: forget closed ones
+                for ch in [c for c in self._unsettled if getattr(c, "is_closed", False)]:
+                    del self._unsettled[ch]
+            self._unsettled.setdefault(channel, set()).add(message.delivery_tag)
         self._buffer.put_nowait(message)
+
+    def _settled(self, message: AbstractIncomingMessage) -> None:
+        channel = _channel_of(message)
+        if channel is None:
+            return
+        tags = self._unsettled.get(channel)
+        if tags is not None and message.delivery_tag is not None:
+            tags.discard(message.delivery_tag)
+            if not tags:
+                del self._unsettled[channel]
+
+    async def _ack_all(self, messages: list[AbstractIncomingMessage]) -> None:
+        """Ack a processed batch: per channel one ``basic.ack multiple=True`` on the
+        highest delivery tag when every unsettled tag up to it is in the batch, else one
+        ack per message (messages of a channel closed meanwhile — a reconnect — are
+        redelivered by the broker anyway: their acks fail and are only logged)."""
+        by_channel: dict[object, list[AbstractIncomingMessage]] = {}
+        for m in messages:
+            by_channel.setdefault(_channel_of(m), []).append(m)
+        for channel, group in by_channel.items():
+            if channel is None:
+                for m in group:
+                    await _settle(m.ack())
+                continue
+            tags = {m.delivery_tag for m in group if m.delivery_tag is not None}
+            last = max(group, key=lambda m: m.delivery_tag or 0)
+            outstanding = self._unsettled.get(channel, set())
+            covered = last.delivery_tag is not None and all(
+                t in tags for t in outstanding if t <= last.delivery_tag
+            )
+            if covered and len(group) > 1:
+                await _settle(last.ack(multiple=True))
+            else:
+                for m in group:
+                    await _settle(m.ack())
+            for m in group:
+                self._settled(m)
 
     async def stop(self) -> None:
         """Stop taking work, finish the batch in hand; unacked messages return to the queue
@@ -141,6 +190,10 @@ class BatchConsumer:
     async def _loop(self) -> None:
         while True:
             batch = [await self._buffer.get()]
+            if self._gather > 0 and self._buffer.qsize() + 1 < self._max_batch:
+                # light load: a short gathering window, so one transaction and one confirm
+                # round serve the envelopes arriving within it (one timer, no polling)
+                await asyncio.sleep(self._gather)
             async with self._processing:
                 while len(batch) < self._max_batch and not self._buffer.empty():
                     batch.append(self._buffer.get_nowait())
@@ -148,6 +201,10 @@ class BatchConsumer:
                     await self._process(batch)
                 except _Stopping:
                     return
+                except Exception as exc:  # never let the loop die silently
+                    log.error(
+                        "stage loop error; batch left unacked", stage=self.stage, error=repr(exc)
+                    )
 
     async def _process(self, batch: list[AbstractIncomingMessage]) -> None:
         started = time.perf_counter()
@@ -159,6 +216,7 @@ class BatchConsumer:
                 log.error("not a work item; dead-lettered", stage=self.stage, error=str(exc))
                 metrics.DEAD_LETTERED.labels(self.stage, "malformed").inc()
                 await _settle(message.reject(requeue=False))
+                self._settled(message)
         if not items:
             return
         try:
@@ -166,8 +224,7 @@ class BatchConsumer:
         finally:
             metrics.STAGE_DURATION.labels(self.stage).observe(time.perf_counter() - started)
         if failure is None:
-            for message, _ in items:
-                await _settle(message.ack())
+            await self._ack_all([m for m, _ in items])
             metrics.STAGE_MESSAGES.labels(self.stage, "ok").inc(len(items))
         elif len(items) == 1:
             await self._failed(items[0][0], items[0][1], failure)
@@ -177,6 +234,7 @@ class BatchConsumer:
                 failure = await self._run([kenmerk])
                 if failure is None:
                     await _settle(message.ack())
+                    self._settled(message)
                     metrics.STAGE_MESSAGES.labels(self.stage, "ok").inc()
                 else:
                     await self._failed(message, kenmerk, failure)
@@ -259,6 +317,7 @@ class BatchConsumer:
 
         def requeue() -> None:
             self._retries.discard(handle)
+            self._settled(message)
             task = loop.create_task(_settle(message.nack(requeue=True)))
             _background.add(task)
             task.add_done_callback(_background.discard)
@@ -289,14 +348,25 @@ class BatchConsumer:
             )
             metrics.STAGE_MESSAGES.labels(self.stage, "failed").inc()
             await _settle(message.nack(requeue=True))
+            self._settled(message)
             return
         await _settle(message.ack())
+        self._settled(message)
         bound.error("poison message dead-lettered", reason=reason, deliveries=deliveries + 1)
         metrics.STAGE_MESSAGES.labels(self.stage, "dead_lettered").inc()
         metrics.DEAD_LETTERED.labels(self.stage, "delivery_limit").inc()
 
 
 _background: set[asyncio.Task[None]] = set()
+
+
+def _channel_of(message: AbstractIncomingMessage) -> object | None:
+    """The (low-level) channel a message came on; None once that channel is closed
+    (aio-pika raises then: after a reconnect the broker redelivers the message)."""
+    try:
+        return message.channel
+    except Exception:
+        return None
 
 
 def delivery_count(message: AbstractIncomingMessage) -> int:

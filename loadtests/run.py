@@ -37,6 +37,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC
@@ -58,6 +59,7 @@ from digipoort.broker import aflever_queue
 from digipoort.config import Settings, load_settings
 from digipoort.devenv import ALFA, SAMPLE_PARTICIPANTS
 from digipoort.pki.devpki import DevParticipant, create_dev_pki
+from loadtests import cost as cost_
 from loadtests.wus import ACTION, sign_all, wait_port
 from tests.support import (
     SAMPLES,
@@ -336,10 +338,15 @@ def expected_recipients(settings: Settings) -> dict[str, list[str]]:
 
 
 async def verify(
-    settings: Settings, run: Run, timeout: float
+    settings: Settings,
+    run: Run,
+    timeout: float,
+    at_all_400: Callable[[], Awaitable[None]] | None = None,
 ) -> tuple[dict[str, HdrHistogram], dict[str, int], float]:
-    """Wait until every accepted envelope has its 400s, then count them and the queue
-    messages; returns (end-to-end histograms, problem counts, seconds waited)."""
+    """Wait until every accepted envelope has its 400s (then ``at_all_400``: the cost
+    counters are read before the verification's own queries and queue drain), count them
+    and the queue messages; returns (end-to-end histograms, problem counts, seconds
+    waited)."""
     recipients = expected_recipients(settings)
     want: dict[UUID, tuple[str, list[str], float]] = {}
     for r in run.results:
@@ -367,6 +374,8 @@ async def verify(
         except AssertionError:
             pass
         waited = time.perf_counter() - t0
+        if at_all_400 is not None:
+            await at_all_400()
         rows = await conn.fetch(
             "SELECT kenmerk, recipient_oin, count(*) AS n, min(tijdstempel) AS t FROM statuses"
             " WHERE code = '400' AND kenmerk = ANY($1::uuid[]) GROUP BY kenmerk, recipient_oin",
@@ -416,14 +425,53 @@ async def verify(
 # --------------------------------------------------------------------------- main
 
 
+async def start_servers(tmp: Path) -> tuple[Any, Any]:
+    """A RabbitMQ node and a PostgreSQL cluster of the run's own (tests/servers.py), so
+    every CPU tick and counter of theirs belongs to the run: management statistics every
+    second, pg_stat_statements preloaded, fsync on as in production."""
+    from tests.servers import PgCluster, RabbitNode
+
+    node = RabbitNode(tmp / "rabbit")
+    with (node.dir / "rabbitmq.conf").open("a") as conf:
+        conf.write("collect_statistics_interval = 1000\n")
+    base = Path(tempfile.mkdtemp(prefix="dpload-pg-"))
+    pg = PgCluster(
+        base,
+        settings={
+            "fsync": "on",
+            "shared_preload_libraries": "pg_stat_statements",
+            "pg_stat_statements.track": "all",
+        },
+    )
+    try:
+        await pg.start()
+        await node.start()
+    except BaseException:
+        await pg.remove()
+        await node.remove()
+        raise
+    return node, pg
+
+
 async def start_local(
-    tmp: Path, processes: int, kinds: list[str]
+    tmp: Path,
+    processes: int,
+    kinds: list[str],
+    servers: tuple[Any, Any] | None = None,
+    stage_components: str = "validator,router",
 ) -> tuple[Any, Path, list[asyncio.subprocess.Process]]:
     pki = tmp / "pki"
     create_dev_pki(pki, [DevParticipant(oin=o, name=n) for o, n, _ in SAMPLE_PARTICIPANTS])
     tpl = f"dpload_tpl_{os.getpid()}"
-    await create_template(tpl)
-    env = await create_env(tmp, pki, tpl)
+    if servers is not None:
+        node, pg = servers
+        await create_template(tpl, pg_admin=pg.admin_url)
+        env = await create_env(
+            tmp, pki, tpl, pg_admin=pg.admin_url, amqp=node.amqp_url, mgmt=node.management_url
+        )
+    else:
+        await create_template(tpl)
+        env = await create_env(tmp, pki, tpl)
     env_vars = {**os.environ, "DIGIPOORT_LOG_LEVEL": "warning", "DIGIPOORT_HTTP__PORT": "0"}
     env_vars.pop("PROMETHEUS_MULTIPROC_DIR", None)
     cli = [sys.executable, "-m", "digipoort.cli", "serve", "--config", str(env.config_path)]
@@ -437,9 +485,7 @@ async def start_local(
             str(processes),
             env=env_vars,
         ),
-        await asyncio.create_subprocess_exec(
-            *cli, "--components", "validator,router", env=env_vars
-        ),
+        await asyncio.create_subprocess_exec(*cli, "--components", stage_components, env=env_vars),
     ]
     if "ftp" in kinds:  # the FTP listener does not share its port: one process of its own
         procs.append(
@@ -454,13 +500,20 @@ async def main(args: argparse.Namespace) -> int:
     dlogging.configure("warning", json=True)
     kinds = ["wus", "smtp", "ftp"] if args.koppelvlak == "mix" else [args.koppelvlak]
     asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=128))
+    cost: cost_.Cost | None = None
+    echo_cpu_ms = float("nan")
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         procs: list[asyncio.subprocess.Process] = []
         env: Any = None
         echo: asyncio.subprocess.Process | None = None
+        servers: tuple[Any, Any] | None = None
         if args.target == "local":
-            env, pki, procs = await start_local(tmp, args.processes, kinds)
+            if not args.shared_servers:
+                servers = await start_servers(tmp)
+            env, pki, procs = await start_local(
+                tmp, args.processes, kinds, servers, args.stage_components
+            )
             settings = env.settings
             wus_url = settings.wus.public_url
         else:
@@ -498,14 +551,75 @@ async def main(args: argparse.Namespace) -> int:
                 )
                 await wait_port(port)
                 wus = next(s for s in subs if isinstance(s, WusSubmitter))
+                e0 = cpu_seconds([echo.pid])
                 echo_rate = await echo_capacity(wus.client, f"https://localhost:{port}", wus.bodies)
+                echo_cpu_ms = 1000 * (cpu_seconds([echo.pid]) - e0) / max(1.0, echo_rate * 5.0)
+            groups = [
+                cost_.Group("front", roots=[procs[0].pid]) if procs else None,
+                cost_.Group("stages", roots=[procs[1].pid]) if procs else None,
+                cost_.Group("ftp", roots=[procs[2].pid]) if len(procs) > 2 else None,
+            ]
+            if servers is not None:
+                node, pg = servers
+                groups.append(cost_.Group("postgres", roots=[pg.postmaster_pid or 0], server=True))
+                groups.append(cost_.Group("rabbitmq", roots=[node._proc.pid], server=True))
+            groups.append(cost_.Group("loadgen", roots=[os.getpid()], descend=False))
+            cgroups = [g for g in groups if g is not None]
             roots = [p.pid for p in procs]
+            idle_seconds = min(args.idle, args.duration) if servers is not None else 0.0
+            idle_cpu: dict[str, float] = {}
+            if idle_seconds:
+                i0 = cost_.cpu_snapshot(cgroups)
+                await asyncio.sleep(idle_seconds)
+                idle_cpu = cost_.diff(i0, cost_.cpu_snapshot(cgroups))
+            amqp0 = pg0 = None
+            if servers is not None:
+                node, pg = servers
+                await cost_.enable_statements(pg.admin_url, env.name)
+                amqp0 = await cost_.amqp_settled(node.management_url)
+                pg0 = await cost_.pg_stats(pg.admin_url, env.name)
             cpu0 = cpu_seconds(roots)
+            c0 = cost_.cpu_snapshot(cgroups)
+            t_run = time.perf_counter()
+            counters: dict[str, Any] = {}
+
+            async def at_all_400() -> None:
+                counters["cpu"] = cost_.diff(c0, cost_.cpu_snapshot(cgroups))
+                counters["seconds"] = time.perf_counter() - t_run
+                if servers is not None:
+                    node, pg = servers
+                    counters["amqp"] = await cost_.amqp_settled(node.management_url)
+                    counters["pg"] = await cost_.pg_stats(pg.admin_url, env.name)
+
             run, elapsed = await drive(subs, args.rate, args.duration)
-            e2e, problems, waited = await verify(settings, run, args.drain_timeout)
             cpu1 = cpu_seconds(roots)
+            e2e, problems, waited = await verify(settings, run, args.drain_timeout, at_all_400)
             for s in subs:
                 await s.close()
+            if procs and "cpu" in counters:
+                accepted_n = sum(1 for r in run.results if r.kenmerk is not None)
+                amqp_d = pg_commits = pg_calls = None
+                statements: dict[str, tuple[int, int]] = {}
+                if amqp0 is not None and pg0 is not None:
+                    a1 = counters["amqp"]
+                    amqp_d = {k: a1[k] - amqp0.get(k, 0) for k in a1}
+                    p1: cost_.PgStats = counters["pg"]
+                    pg_commits = p1.commits - pg0.commits
+                    if p1.calls is not None and pg0.calls is not None:
+                        statements = cost_.stat_delta(pg0.statements, p1.statements)
+                        pg_calls = sum(c for c, _ in statements.values())
+                cost = cost_.Cost(
+                    cgroups,
+                    counters["cpu"],
+                    idle_cpu,
+                    idle_seconds,
+                    counters["seconds"],
+                    accepted_n,
+                    amqp_d,
+                    pg_commits,
+                    pg_calls,
+                    statements,
+                )
         finally:
             if echo is not None:
                 echo.send_signal(signal.SIGTERM)
@@ -515,10 +629,16 @@ async def main(args: argparse.Namespace) -> int:
             for p in procs:
                 await p.wait()
             if env is not None:
-                await destroy_env(env)
-                conn = await asyncpg.connect(f"{env.db_url.rsplit('/', 1)[0]}/postgres")
-                await conn.execute(f'DROP DATABASE IF EXISTS "dpload_tpl_{os.getpid()}"')
-                await conn.close()
+                if servers is None:
+                    await destroy_env(env)
+                    conn = await asyncpg.connect(f"{env.db_url.rsplit('/', 1)[0]}/postgres")
+                    await conn.execute(f'DROP DATABASE IF EXISTS "dpload_tpl_{os.getpid()}"')
+                    await conn.close()
+                else:
+                    await env.stop()
+            if servers is not None:
+                await servers[1].remove()
+                await servers[0].remove()
     accepted = [r for r in run.results if r.kenmerk is not None]
     errors = Counter(r.error for r in run.results if r.error)
     total = len(run.results)
@@ -561,6 +681,11 @@ async def main(args: argparse.Namespace) -> int:
             f"bare mTLS echo capacity: {echo_rate:.0f} req/s (closed loop, 64 connections); "
             f"ratio sent/echo {send_rate / echo_rate:.3f}"
         )
+    if echo_cpu_ms == echo_cpu_ms:
+        print(f"bare mTLS echo CPU: {echo_cpu_ms:.2f} ms per request (echo server process)")
+    if cost is not None:
+        for line in cost.lines():
+            print(line)
     for err, n in errors.most_common(5):
         print(f"error x{n}: {err}")
     print("verification: " + ", ".join(f"{k} {v}" for k, v in problems.items()))
@@ -589,6 +714,23 @@ def parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--baseline", action="store_true", help="also measure the bare mTLS echo")
     ap.add_argument("--drain-timeout", type=float, default=300.0)
+    ap.add_argument(
+        "--shared-servers",
+        action="store_true",
+        help="local: use the machine's PostgreSQL/RabbitMQ (no server CPU, AMQP or "
+        "PostgreSQL counters) instead of a node and cluster of the run's own",
+    )
+    ap.add_argument(
+        "--idle",
+        type=float,
+        default=20.0,
+        help="seconds of the idle window before the run (at most --duration)",
+    )
+    ap.add_argument(
+        "--stage-components",
+        default="validator,router",
+        help="local: the components of the stage process",
+    )
     return ap
 
 

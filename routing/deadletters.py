@@ -148,21 +148,42 @@ def dead_status(letter: DeadLetter, *, final_note: str | None = None) -> Status 
 
 async def record_dead_statuses(pool: asyncpg.Pool, statuses: Iterable[Status]) -> int:
     """Write statuses for envelopes that exist (a dead work item may name no envelope).
-    Idempotent: 321/410 are recorded at most once per kenmerk."""
+    Idempotent: 321/410 are recorded at most once per kenmerk. The validate queue is
+    served by the merged stage (validation and routing): an envelope that failed there
+    after it was validated failed in routing, and gets 410 AFS400 instead of 321."""
     wanted = list(statuses)
     if not wanted:
         return 0
     async with pool.acquire() as conn:
         known = {
-            r["kenmerk"]
+            r["kenmerk"]: r["stage"]
             for r in await conn.fetch(
-                "SELECT kenmerk FROM envelopes WHERE kenmerk = ANY($1::uuid[])",
+                "SELECT kenmerk, stage FROM envelopes WHERE kenmerk = ANY($1::uuid[])",
                 [s.kenmerk for s in wanted],
             )
         }
-        chosen = [s for s in wanted if s.kenmerk in known]
+        chosen = [
+            _routing_failure(s) if s.code == "321" and known[s.kenmerk] in _ROUTING else s
+            for s in wanted
+            if s.kenmerk in known
+        ]
         await write_statuses(conn, chosen)
     return len(chosen)
+
+
+_ROUTING = frozenset({"gevalideerd", "gerouteerd"})
+
+
+def _routing_failure(s: Status) -> Status:
+    code, foutcode = STAGE_STATUS["route"]
+    return Status(
+        s.kenmerk,
+        code,
+        foutcode=foutcode,
+        foutbeschrijving=s.foutbeschrijving,
+        details=s.details,
+        tijdstempel=s.tijdstempel,
+    )
 
 
 class DeadLetterHistory:

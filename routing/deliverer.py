@@ -28,7 +28,9 @@ where it stood:
   console of another process shows the real state (:func:`open_breakers`).
 
 The loop wakes on ``LISTEN digipoort_deliveries`` (a trigger on new push deliveries), at
-the next due time, or after ``poll_interval`` seconds.
+the next due time, when an open circuit breaker turns half-open, and otherwise only after
+:data:`IDLE_WAKE_SECONDS` (``poll_interval`` seconds while LISTEN is unavailable): an
+idle deliverer does not poll.
 """
 
 from __future__ import annotations
@@ -64,6 +66,10 @@ from routing.aflever_body import RecipientDocument, document_element, recipient_
 from routing.delivery_schedule import BreakerState, CircuitBreaker, Decision, after_failure
 
 log = structlog.get_logger(__name__)
+
+#: with LISTEN working, the longest an idle deliverer sleeps (a safety net: every new
+#: push delivery notifies, due times and breaker trials are computed)
+IDLE_WAKE_SECONDS = 30.0
 
 #: The push channels (``deliveries.channel`` = the recipient's ``aflever.kind``).
 PUSH_CHANNELS = ("wus", "smtp")
@@ -233,6 +239,10 @@ class Deliverer:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
 
+    def _until_breaker(self, now: datetime) -> float | None:
+        times = [t for b in self._breakers.values() if (t := b.half_open_at()) is not None]
+        return (min(times) - now).total_seconds() if times else None
+
     async def _until_next_due(self) -> float:
         due: datetime | None = await self._pool.fetchval(
             "SELECT min(coalesce(next_attempt_at, created_at)) FROM deliveries"
@@ -241,9 +251,14 @@ class Deliverer:
             self._blocked(_now()),
             self._channels,
         )
-        if due is None:
-            return self._poll
-        return max(0.01, min(self._poll, (due - _now()).total_seconds()))
+        now = _now()
+        limit = self._poll if self._listener is None else max(self._poll, IDLE_WAKE_SECONDS)
+        candidates = [limit]
+        if due is not None:
+            candidates.append((due - now).total_seconds())
+        if (breaker := self._until_breaker(now)) is not None:
+            candidates.append(breaker)
+        return max(0.01, min(candidates))
 
     # ------------------------------------------------------------------ one round
 

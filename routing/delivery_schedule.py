@@ -77,6 +77,12 @@ class CircuitBreaker:
             return BreakerState.HALF_OPEN
         return BreakerState.OPEN
 
+    def half_open_at(self) -> datetime | None:
+        """When an open breaker lets its trial through (None: closed, or a trial runs)."""
+        if self._opened_at is None or self._trial:
+            return None
+        return self._opened_at + timedelta(seconds=self.reset)
+
     def begin_trial(self) -> None:
         """A half-open trial attempt is under way: no other attempts until it ends."""
         self._trial = True

@@ -7,11 +7,17 @@ and status 405 per recipient, committed together. Then the ``afleverRequest`` is
 published to ``digipoort.aflever.<OIN>`` with a confirm, and 400 is recorded per
 recipient. A redelivered work item re-publishes only deliveries still ``pending``;
 recipients of an envelope, once routed, never change.
+
+Since issue 15 the validation stage routes what it validated itself (one consumer, one
+statement for validation and routing, :meth:`RoutingStage.route`); :meth:`RoutingStage.handle`
+serves the former ``digipoort.route`` queue (work items of an older version).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from uuid import UUID
 
@@ -21,17 +27,62 @@ import structlog
 from digipoort import metrics
 from digipoort.broker import Broker
 from digipoort.config import GroteBerichtenConfig
-from digipoort.envelope import EnvelopeRecord
-from digipoort.envelopestore import fetch_envelopes, set_stage
+from digipoort.envelope import EnvelopeRecord, StoredDocument
+from digipoort.envelopestore import _record
 from digipoort.payloads import PayloadStore
+from digipoort.registry import Registry
 from digipoort.registry_store import RegistryHolder
 from digipoort.status import Status
-from digipoort.statusstore import write_statuses
+from digipoort.statusstore import write_stage_batch
 from routing.aflever_body import aflever_body
 
 log = structlog.get_logger(__name__)
 
 ROUTED = "gerouteerd"
+VALIDATED = "gevalideerd"
+
+
+_FETCH = """
+SELECT e.*, ARRAY(SELECT ROW(d.seq, d.mime_type, d.bestandsnaam, d.size, d.sha256, d.data)
+                  FROM documents d WHERE d.kenmerk = e.kenmerk ORDER BY d.seq) AS docs
+FROM envelopes e WHERE e.kenmerk = ANY($1::uuid[])
+"""
+
+
+async def fetch_for_stage(
+    conn: asyncpg.Connection | asyncpg.Pool, kenmerken: Sequence[UUID]
+) -> dict[UUID, EnvelopeRecord]:
+    """The envelopes of a batch with their documents in one round trip."""
+    records: dict[UUID, EnvelopeRecord] = {}
+    for r in await conn.fetch(_FETCH, list(kenmerken)):
+        record = _record(r)
+        for seq, mime_type, bestandsnaam, size, sha256, data in r["docs"]:
+            record.documents.append(
+                StoredDocument(
+                    seq=seq,
+                    mime_type=mime_type,
+                    bestandsnaam=bestandsnaam,
+                    size=size,
+                    sha256=sha256,
+                    data=data,
+                )
+            )
+        records[record.kenmerk] = record
+    return records
+
+
+@dataclass
+class RoutePlan:
+    """What routing a batch writes in the stage's transaction: one delivery row and one
+    405 per (kenmerk, recipient), the envelopes' new stage, and the deliveries to publish
+    to recipient queues afterwards."""
+
+    rows: list[tuple[UUID, str, str]] = field(default_factory=list)
+    statuses: list[Status] = field(default_factory=list)
+    stages: dict[UUID, str] = field(default_factory=dict)
+    publish: list[tuple[UUID, str]] = field(default_factory=list)  # (kenmerk, recipient)
+    #: envelopes routed before (a redelivery): their pending deliveries are looked up
+    routed_before: list[UUID] = field(default_factory=list)
 
 
 class RoutingStage:
@@ -52,52 +103,69 @@ class RoutingStage:
         self._gb = grote_berichten or GroteBerichtenConfig()
         self._public_url = public_url.rstrip("/")
 
+    def route(self, record: EnvelopeRecord, registry: Registry, plan: RoutePlan) -> None:
+        """Add the routing of a validated envelope to ``plan``."""
+        kenmerk = record.kenmerk
+        for oin in registry.recipients_for(record.berichtsoort, record.ontvanger_oin):
+            participant = registry.participants.get(oin)
+            channel = participant.aflever.kind if participant else "queue"
+            plan.rows.append((kenmerk, oin, channel))
+            plan.statuses.append(Status(kenmerk, "405", recipient_oin=oin))
+            if channel == "queue":
+                plan.publish.append((kenmerk, oin))
+        plan.stages[kenmerk] = ROUTED
+
+    def plan(self, record: EnvelopeRecord, registry: Registry, plan: RoutePlan) -> None:
+        """Add the routing of one envelope (validated, or routed before) to ``plan``."""
+        kenmerk = record.kenmerk
+        if record.stage == VALIDATED:
+            self.route(record, registry, plan)
+        elif record.stage == ROUTED:
+            plan.routed_before.append(kenmerk)
+        else:
+            log.warning(
+                "routing skipped: envelope not validated",
+                kenmerk=str(kenmerk),
+                stage=record.stage,
+            )
+
+    async def pending_of(self, conn: asyncpg.Connection | asyncpg.Pool, plan: RoutePlan) -> None:
+        """Redelivered work items: re-publish only the deliveries still ``pending``."""
+        if not plan.routed_before:
+            return
+        pending = await conn.fetch(
+            "SELECT kenmerk, recipient_oin FROM deliveries WHERE kenmerk = ANY($1::uuid[])"
+            " AND state = 'pending' AND channel = 'queue'",
+            plan.routed_before,
+        )
+        plan.publish.extend((r["kenmerk"], r["recipient_oin"]) for r in pending)
+
     async def handle(self, kenmerken: list[UUID]) -> None:
-        records = await fetch_envelopes(self._pool, kenmerken)
+        """The ``digipoort.route`` queue: envelopes validated by a separate validation
+        stage (before the stages were merged, or during a rolling upgrade)."""
+        records = await fetch_for_stage(self._pool, kenmerken)
         registry = self._registry.current
-        new_rows: list[tuple[UUID, str, str]] = []
-        statuses: list[Status] = []
-        stages: dict[UUID, str] = {}
+        plan = RoutePlan()
         for kenmerk in dict.fromkeys(kenmerken):
             record = records.get(kenmerk)
             if record is None:
                 raise LookupError(f"envelope {kenmerk} not found")
-            if record.stage == "gevalideerd":
-                for oin in registry.recipients_for(record.berichtsoort, record.ontvanger_oin):
-                    participant = registry.participants.get(oin)
-                    channel = participant.aflever.kind if participant else "queue"
-                    new_rows.append((kenmerk, oin, channel))
-                    statuses.append(Status(kenmerk, "405", recipient_oin=oin))
-                stages[kenmerk] = ROUTED
-            elif record.stage != ROUTED:
-                log.warning(
-                    "routing skipped: envelope not validated",
-                    kenmerk=str(kenmerk),
-                    stage=record.stage,
-                )
-        async with self._pool.acquire() as conn:
-            if stages:
-                async with conn.transaction():
-                    await conn.executemany(
-                        "INSERT INTO deliveries (kenmerk, recipient_oin, channel)"
-                        " VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-                        new_rows,
-                    )
-                    await write_statuses(conn, statuses)
-                    await set_stage(conn, stages)
-                metrics.STATUSES.labels("405").inc(len(statuses))
-            pending = await conn.fetch(
-                "SELECT kenmerk, recipient_oin FROM deliveries WHERE kenmerk = ANY($1::uuid[])"
-                " AND state = 'pending' AND channel = 'queue'",
-                list(records),
+            self.plan(record, registry, plan)
+        if plan.stages:
+            await write_stage_batch(
+                self._pool, plan.statuses, stages=plan.stages, deliveries=plan.rows
             )
-        await self._deliver_to_queues(
-            records, [(r["kenmerk"], r["recipient_oin"]) for r in pending]
-        )
+            metrics.STATUSES.labels("405").inc(len(plan.statuses))
+        await self.pending_of(self._pool, plan)
+        await self.deliver(records, plan.publish)
 
-    async def _deliver_to_queues(
+    async def deliver(
         self, records: dict[UUID, EnvelopeRecord], pending: list[tuple[UUID, str]]
     ) -> None:
+        """Publish the afleverRequests (confirms awaited together), then record ``queued``
+        and status 400 per confirmed delivery in one statement; raises when any publish
+        was not confirmed (the work item is then retried: only what is still pending is
+        published again)."""
         if not pending:
             return
         await self._broker.ensure_aflever_queues({oin for _, oin in pending})
@@ -113,16 +181,9 @@ class RoutingStage:
             return_exceptions=True,
         )
         done = [p for p, r in zip(pending, results, strict=True) if r is None]
-        statuses = [Status(k, "400", recipient_oin=oin) for k, oin in done]
-        async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                "UPDATE deliveries d SET state = 'queued', attempts = attempts + 1,"
-                " updated_at = now() FROM unnest($1::uuid[], $2::text[]) AS x(kenmerk, oin)"
-                " WHERE d.kenmerk = x.kenmerk AND d.recipient_oin = x.oin",
-                [k for k, _ in done],
-                [o for _, o in done],
-            )
-            await write_statuses(conn, statuses)
+        await write_stage_batch(
+            self._pool, [Status(k, "400", recipient_oin=oin) for k, oin in done], queued=done
+        )
         now = datetime.now(UTC)
         for k, oin in done:
             metrics.DELIVERIES.labels(oin, "queue", "delivered").inc()

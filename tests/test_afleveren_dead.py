@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 from uuid import UUID
 
+import pytest
 from click.testing import CliRunner, Result
 
 from digipoort.cli import main
@@ -66,26 +68,33 @@ async def test_poison_message_dead_lettered_with_reason_and_status(env: Env) -> 
     assert result.exit_code == 0 and "schema store unavailable" in result.output
 
 
-async def test_dead_retry_delivers_it(env: Env) -> None:
+async def test_dead_retry_delivers_it(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Validation and routing are one stage (issue 15): an envelope that keeps failing
+    after it was validated and routed (its recipient publishes fail) is dead-lettered from
+    digipoort.validate, recorded as a routing failure (410 AFS400), and a retry delivers
+    only what is still pending."""
     env.settings.broker.delivery_limit = 1
-    gw = await env.start_gateway(components=("intake", "sweeper", "validator", "deadletters"))
-    assert gw.intake and gw.pool and gw.broker and gw.store and gw.registry
-    routing = RoutingStage(gw.pool, gw.broker, gw.store, gw.registry)
     broken = True
+    original = RoutingStage.deliver
 
-    async def route(kenmerken: list[UUID]) -> None:
-        if broken:
+    async def deliver(
+        self: RoutingStage, records: dict[UUID, Any], pending: list[tuple[UUID, str]]
+    ) -> None:
+        if broken and pending:
             raise RuntimeError("routing table locked")
-        await routing.handle(kenmerken)
+        await original(self, records, pending)
 
-    await gw.consume("route", route)
+    monkeypatch.setattr(RoutingStage, "deliver", deliver)
+    gw = await env.start_gateway(components=("intake", "sweeper", "stages", "deadletters"))
+    assert gw.intake is not None
     accepted = await gw.intake.aanleveren(aanlevering("Omzetbelasting"))
     history = await env.wait_status(accepted.kenmerk, "410", timeout=30)
     [dead] = [s for s in history if s.code == "410"]
     assert dead.foutcode == "AFS400" and dead.recipient_oin is None
     assert dead.details is not None and "routing table locked" in dead.details
+    assert "321" not in [s.code for s in history]
     [letter] = await dead_letters(env, 1)
-    assert letter.stage == "route"
+    assert letter.stage == "validate"
 
     broken = False
     result = await cli(env, "dead", "retry", str(accepted.kenmerk), "--actor", "operator")
@@ -102,7 +111,7 @@ async def test_dead_retry_delivers_it(env: Env) -> None:
         "actor": "operator",
         "action": "retry",
         "kenmerk": str(accepted.kenmerk),
-        "stage": "route",
+        "stage": "validate",
     }
 
 

@@ -15,8 +15,10 @@ For each envelope, in order:
    warnings only → 301 with the warnings in statusdetails. The profile and its versions
    are recorded on the envelope (``envelopes.validatieprofiel``).
 
-The codes are listed in docs/codes.md. Redelivered work items are recognised by the
-envelope's stage and only forwarded again, never validated twice.
+The codes are listed in docs/codes.md. A validated envelope is routed in the same stage
+and the same statement (issue 15: ``routing.router.RoutingStage`` plans the delivery rows
+and 405s, then publishes to the recipient queues and records the 400s). Redelivered work
+items are recognised by the envelope's stage and never validated twice.
 """
 
 from __future__ import annotations
@@ -33,15 +35,15 @@ import asyncpg
 import structlog
 
 from digipoort import metrics
-from digipoort.broker import ROUTE, Broker
+from digipoort.broker import Broker
 from digipoort.envelope import EnvelopeRecord, StoredDocument
-from digipoort.envelopestore import fetch_envelopes, set_stage
 from digipoort.payloads import PayloadStore
 from digipoort.registry import Berichtsoort, Registry, Weigering
 from digipoort.registry_store import RegistryHolder
 from digipoort.status import Status
-from digipoort.statusstore import write_statuses
+from digipoort.statusstore import write_stage_batch
 from digipoort.xmlsafe import XmlLimits
+from routing.router import ROUTED, RoutePlan, RoutingStage, fetch_for_stage
 from validators.content import Violation, check_mime, check_size
 from validators.findings import Finding, findings_from_violations, verdict
 from validators.profileset import ProfileSet
@@ -104,8 +106,10 @@ class ValidationStage:
         *,
         xml_limits: XmlLimits,
         profiles: ProfileSet | None = None,
+        router: RoutingStage,
         max_findings: int = 50,
     ) -> None:
+        self._router = router
         self._profiles = profiles
         self._max_findings = max_findings
         self._pool = pool
@@ -119,44 +123,50 @@ class ValidationStage:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="validate")
 
     async def handle(self, kenmerken: list[UUID]) -> None:
-        records = await fetch_envelopes(self._pool, kenmerken)
+        """Validate and route a batch: ONE statement writes every status (200, 301/311/
+        321/210/220, 405 per recipient), the delivery rows and the envelopes' stage; then
+        one publish per recipient queue (confirms awaited together) and one statement for
+        the 400s (:meth:`RoutingStage.deliver`). Redelivered items are recognised by the
+        envelope's stage: validated-not-routed ones (a crash of an older version between
+        its commit and its publish) are routed, routed ones re-publish only their pending
+        deliveries, refused ones are done."""
+        router = self._router
+        records = await fetch_for_stage(self._pool, kenmerken)
+        registry = self._registry.current
         statuses: list[Status] = []
-        stages: dict[UUID, str] = {}
-        profiles: list[tuple[UUID, str]] = []
-        forward: list[UUID] = []
+        profiles: dict[UUID, str] = {}
+        plan = RoutePlan()
         for kenmerk in dict.fromkeys(kenmerken):
             record = records.get(kenmerk)
             if record is None:
                 raise LookupError(f"envelope {kenmerk} not found")
             if record.stage != "aangeboden":
-                if record.stage == VALIDATED:  # redelivered after commit: forward again
-                    forward.append(kenmerk)
+                if record.stage in (VALIDATED, ROUTED):
+                    router.plan(record, registry, plan)
                 continue
-            outcome = await self.evaluate(record, self._registry.current)
+            outcome = await self.evaluate(record, registry)
             statuses.extend(outcome.statuses)
-            stages[kenmerk] = outcome.stage
+            plan.stages[kenmerk] = outcome.stage
             if outcome.profile:
-                profiles.append((kenmerk, outcome.profile))
+                profiles[kenmerk] = outcome.profile
             if outcome.forward:
-                forward.append(kenmerk)
-        if stages:
-            async with self._pool.acquire() as conn, conn.transaction():
-                await write_statuses(conn, statuses)
-                await set_stage(conn, stages)
-                if profiles:
-                    await conn.executemany(
-                        "UPDATE envelopes SET validatieprofiel = $2 WHERE kenmerk = $1", profiles
-                    )
+                router.route(record, registry, plan)  # sets the stage to gerouteerd
+        if plan.stages:
+            await write_stage_batch(
+                self._pool,
+                [*statuses, *plan.statuses],
+                stages=plan.stages,
+                profiles=profiles,
+                deliveries=plan.rows,
+            )
             for s in statuses:
                 metrics.STATUSES.labels(s.code).inc()
                 if s.foutcode:
                     metrics.VALIDATION_REFUSED.labels(s.foutcode).inc()
-        results = await asyncio.gather(
-            *(self._broker.publish_work(ROUTE, k) for k in forward), return_exceptions=True
-        )
-        failed = [r for r in results if isinstance(r, BaseException)]
-        if failed:
-            raise RuntimeError(f"{len(failed)} route publishes not confirmed") from failed[0]
+            if plan.statuses:
+                metrics.STATUSES.labels("405").inc(len(plan.statuses))
+        await router.pending_of(self._pool, plan)
+        await router.deliver(records, plan.publish)
 
     async def evaluate(self, record: EnvelopeRecord, registry: Registry) -> Outcome:
         k = record.kenmerk
