@@ -7,17 +7,23 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import subprocess
 import sys
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 import pytest
 import yaml
 
 from digipoort import broker as broker_mod
+from digipoort.archive import writer
+from digipoort.archive.days import MANIFEST, segment_files
+from digipoort.config import BrokerConfig, load_settings, url_hosts
 from digipoort.provision import Management
 from tests.cli_support import cli
 from tests.servers import (  # noqa: F401 - fixtures
@@ -26,7 +32,9 @@ from tests.servers import (  # noqa: F401 - fixtures
     servers_available,
     servers_fixture,
 )
-from tests.support import AMQP, MGMT, PG_ADMIN, Env
+from tests.support import AMQP, MGMT, PG_ADMIN, Env, free_port
+from tests.test_archive import _config as _archive_config
+from tests.test_archive import _exchange as _archive_exchange
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -45,6 +53,58 @@ def by_name(kind: str) -> dict[str, dict[str, Any]]:
     return {d["metadata"]["name"]: d for d in k8s(kind)}
 
 
+def components(deployment: dict[str, Any]) -> set[str]:
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    return set(args[args.index("--components") + 1].split(","))
+
+
+def compose_services() -> dict[str, dict[str, Any]]:
+    doc = yaml.safe_load((COMPOSE / "compose.yaml").read_text(encoding="utf-8"))
+    return dict(doc["services"])
+
+
+def compose_components(svc: dict[str, Any]) -> set[str]:
+    cmd = svc.get("command")
+    if not isinstance(cmd, list) or "--components" not in cmd:
+        return set()
+    return set(cmd[cmd.index("--components") + 1].split(","))
+
+
+#: components that write the non-repudiation archive (digipoort/archive: the koppelvlakken
+#: and the push deliverer's receipts)
+ARCHIVING = {"wus", "smtp", "ftp", "deliverer"}
+
+
+def _volume_at(mounts: dict[str, str], path: str) -> str | None:
+    """The volume that holds ``path``: the mount with the longest matching mount path."""
+    best = max((m for m in mounts if path == m or path.startswith(m.rstrip("/") + "/")),
+               key=len, default=None)  # fmt: skip
+    return mounts[best] if best is not None else None
+
+
+def k8s_volume_at(spec: dict[str, Any], container: dict[str, Any], path: str) -> dict[str, Any]:
+    """The pod volume (its definition) that holds ``path`` in ``container``."""
+    mounts = {m["mountPath"]: m["name"] for m in container.get("volumeMounts", [])}
+    name = _volume_at(mounts, path)
+    assert name is not None, f"{path} is on the container's own (read-only) file system"
+    return dict({v["name"]: v for v in spec["volumes"]}[name])
+
+
+def compose_volume_at(svc: dict[str, Any], path: str) -> str | None:
+    """The named volume holding ``path`` in a compose service (None: the container's
+    file system, or a bind mount)."""
+    mounts = {}
+    for entry in svc.get("volumes", []):
+        source, target = entry.split(":")[:2]
+        mounts[target] = source
+    source = _volume_at(mounts, path)
+    return source if source is not None and not source.startswith((".", "/")) else None
+
+
+def k8s_config_env() -> dict[str, str]:
+    return dict(by_name("ConfigMap")["digipoort-config"]["data"])
+
+
 # -- Kubernetes ------------------------------------------------------------------------------
 def test_stages_scale_with_keda_on_the_declared_work_queues() -> None:
     deployments = by_name("Deployment")
@@ -58,9 +118,9 @@ def test_stages_scale_with_keda_on_the_declared_work_queues() -> None:
     for trigger in scaled["digipoort-stages"]["spec"]["triggers"]:
         assert trigger["type"] == "rabbitmq"
         assert trigger["authenticationRef"]["name"] in auth
-    # the stages Deployment runs the components that consume those queues
-    args = deployments[target]["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert set(args[args.index("--components") + 1].split(",")) == {"validator", "router"}
+    # the stages Deployment runs the component that consumes those queues: `stages` (issue
+    # 15; it consumes digipoort.route too — before, the Deployment ran validator,router)
+    assert components(deployments[target]) == {"stages"}
     # nothing else autoscales them: an HPA on the same Deployment would fight KEDA's
     for hpa in k8s("HorizontalPodAutoscaler"):
         assert hpa["spec"]["scaleTargetRef"]["name"] != target
@@ -103,6 +163,166 @@ def test_every_deployment_waits_for_the_setup_job() -> None:
                 assert v["configMap"]["name"] in maps
 
 
+def test_archive_payloads_and_exports_are_on_persistent_volumes() -> None:
+    """archive.dir, storage.payload_dir and history.export_dir live on PersistentVolumeClaims
+    (never the pod's file system or an emptyDir) in every pod that uses them; the archive
+    has a claim of its own (write-once evidence with its own backup and retention)."""
+    config = k8s_config_env()
+    claims = by_name("PersistentVolumeClaim")
+    archive_dir = config["DIGIPOORT_ARCHIVE__DIR"]
+    payload_dir = config["DIGIPOORT_STORAGE__PAYLOAD_DIR"]
+    for name, d in by_name("Deployment").items():
+        spec = d["spec"]["template"]["spec"]
+        container = spec["containers"][0]
+        payloads = k8s_volume_at(spec, container, payload_dir)
+        assert payloads["persistentVolumeClaim"]["claimName"] == "digipoort-data", name
+        if components(d) & ARCHIVING:
+            archive = k8s_volume_at(spec, container, archive_dir)
+            assert archive["persistentVolumeClaim"]["claimName"] == "digipoort-archive", name
+    assert "ReadWriteMany" in claims["digipoort-archive"]["spec"]["accessModes"]
+    assert {"digipoort-data", "digipoort-archive", "digipoort-history-export"} <= set(claims)
+
+
+def test_exactly_one_role_runs_retention() -> None:
+    """`retention` (payload sweep, history partitions and purge) in one role, one replica,
+    in compose and in Kubernetes, with history.export_dir on a persistent volume."""
+    deployments = [d for d in k8s("Deployment") if "retention" in components(d)]
+    assert len(deployments) == 1
+    [ops] = deployments
+    assert ops["spec"]["replicas"] == 1
+    assert not [s for s in k8s("ScaledObject") if s["spec"]["scaleTargetRef"]["name"]
+                == ops["metadata"]["name"]]  # fmt: skip
+    spec = ops["spec"]["template"]["spec"]
+    container = spec["containers"][0]
+    env = {e["name"]: e.get("value") for e in container.get("env", [])}
+    export = k8s_volume_at(spec, container, env["DIGIPOORT_HISTORY__EXPORT_DIR"])
+    assert export["persistentVolumeClaim"]["claimName"] == "digipoort-history-export"
+
+    services = compose_services()
+    volumes = yaml.safe_load((COMPOSE / "compose.yaml").read_text(encoding="utf-8"))["volumes"]
+    running = [n for n, svc in services.items() if "retention" in compose_components(svc)]
+    assert running == ["ops"]
+    ops_svc = services["ops"]
+    assert ops_svc["deploy"]["replicas"] == 1
+    export_dir = ops_svc["environment"]["DIGIPOORT_HISTORY__EXPORT_DIR"]
+    assert compose_volume_at(ops_svc, export_dir) in volumes
+    # payloads (the image's /data/payloads) and the archive on named volumes everywhere
+    for name, svc in services.items():
+        if not compose_components(svc):
+            continue
+        assert compose_volume_at(svc, "/data/payloads") == "data", name
+        if compose_components(svc) & ARCHIVING:
+            assert compose_volume_at(svc, "/data/archive") == "archive", name
+    dockerfile = (DEPLOY / "Dockerfile").read_text(encoding="utf-8")
+    assert "DIGIPOORT_STORAGE__PAYLOAD_DIR=/data/payloads" in dockerfile
+    assert "DIGIPOORT_ARCHIVE__DIR=/data/archive" in dockerfile
+
+
+def test_k8s_cluster_settings() -> None:
+    """The gateway's Secret lists a 3-node RabbitMQ cluster and a multi-host database URL
+    that picks the writable host, as the gateway's own settings parse them."""
+    env = by_name("Secret")["digipoort-env"]["stringData"]
+    assert "DIGIPOORT_BROKER__URL" not in env  # urls wins; one of them only confuses
+    broker = BrokerConfig.model_validate({"urls": env["DIGIPOORT_BROKER__URLS"]})
+    assert len(broker.urls) == 3 and len({url_hosts(u)[0] for u in broker.urls}) == 3
+    assert {u.rsplit("/", 1)[1] for u in broker.urls} == {"digipoort"}
+    url = env["DIGIPOORT_DATABASE__URL"]
+    assert len(url_hosts(url)) >= 2
+    assert parse_qs(urlsplit(url).query)["target_session_attrs"] == ["read-write"]
+    # the setup Job's administrator URL must win over the gateways' management URL: a
+    # management_urls list in digipoort-env would override it (BrokerConfig)
+    assert "DIGIPOORT_BROKER__MANAGEMENT_URLS" not in env
+    # compose stays one node of each
+    gateway_env = compose_services()["ingress"]["environment"]
+    assert "DIGIPOORT_BROKER__URL" in gateway_env and "DIGIPOORT_BROKER__URLS" not in gateway_env
+
+
+# -- the archive's daily CronJob -----------------------------------------------------------
+def test_archive_cronjob_closes_and_verifies_daily() -> None:
+    cron = by_name("CronJob")["digipoort-archive-close"]
+    assert cron["spec"]["timeZone"] == "Etc/UTC"
+    minute, hour, *every = cron["spec"]["schedule"].split()
+    assert every == ["*", "*", "*"] and hour == "0" and int(minute) >= 10  # after the grace
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    spec = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    container = spec["containers"][0]
+    images = {d["spec"]["template"]["spec"]["containers"][0]["image"] for d in k8s("Deployment")}
+    assert {container["image"]} == images
+    script = container["args"][0]
+    assert "digipoort archive close" in script and "digipoort archive verify --day" in script
+    config = k8s_config_env()
+    archive = k8s_volume_at(spec, container, config["DIGIPOORT_ARCHIVE__DIR"])
+    assert archive["persistentVolumeClaim"]["claimName"] == "digipoort-archive"
+    # it signs the manifest: the gateway key
+    pki = k8s_volume_at(spec, container, config["DIGIPOORT_PKI__KEY_FILE"])
+    assert pki["secret"]["secretName"] == "digipoort-pki"
+
+
+def _run_cron_script(cfg: Path, archive_dir: Path) -> subprocess.CompletedProcess[str]:
+    cron = by_name("CronJob")["digipoort-archive-close"]
+    script = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"][0]
+    environ = {**os.environ, "DIGIPOORT_CONFIG": str(cfg),
+               "DIGIPOORT_ARCHIVE__DIR": str(archive_dir),
+               "DIGIPOORT_ARCHIVE__CLOSE_GRACE_SECONDS": "0",
+               "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}  # fmt: skip
+    return subprocess.run(
+        ["/bin/sh", "-c", script], env=environ, capture_output=True, text=True, timeout=300
+    )
+
+
+async def test_archive_cronjob_script_for_real(
+    tmp_path: Path, pki_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CronJob's script with the real CLI: a quiet day is no failure; yesterday's
+    records are sealed and verified; one changed byte fails the Job."""
+    cfg = _archive_config(tmp_path, pki_dir)
+    settings = load_settings(cfg)
+    archive_dir = settings.resolve(settings.archive.dir)
+    quiet = await asyncio.to_thread(_run_cron_script, cfg, archive_dir)
+    assert quiet.returncode == 0, quiet.stdout + quiet.stderr
+    assert "nothing to close" in quiet.stdout and "(no traffic)" in quiet.stdout
+
+    yesterday = datetime.now(UTC) - timedelta(days=1)
+    monkeypatch.setattr(writer, "utc_now", lambda: yesterday)
+    await _archive_exchange(settings, uuid.uuid4().hex)
+    day = yesterday.date().isoformat()
+    done = await asyncio.to_thread(_run_cron_script, cfg, archive_dir)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"closed {day}" in done.stdout and f"OK  {day} closed" in done.stdout
+    assert (archive_dir / day / MANIFEST).exists()
+
+    [segment] = segment_files(archive_dir / day)
+    segment.chmod(0o644)
+    data = bytearray(segment.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    segment.write_bytes(bytes(data))
+    damaged = await asyncio.to_thread(_run_cron_script, cfg, archive_dir)
+    assert damaged.returncode != 0
+    assert f"BAD {day}" in damaged.stdout, damaged.stdout + damaged.stderr
+
+
+
+# -- alerts ------------------------------------------------------------------------------------
+def test_archive_alert_rules_fire_in_promtool_unit_tests() -> None:
+    """deploy/prometheus/alerts_test.yml: each archive alert fires on its failure series
+    (write failures, a day that cannot be closed, maintenance, the CronJob) and not
+    before/without it."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool not installed (apt-get install prometheus)")
+    tests = DEPLOY / "prometheus" / "alerts_test.yml"
+    result = subprocess.run(
+        [promtool, "test", "rules", str(tests)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    tested = {
+        t["alertname"] for case in yaml.safe_load(tests.read_text())["tests"]
+        for t in case["alert_rule_test"]
+    }  # fmt: skip
+    doc = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
+    [group] = [g for g in doc["groups"] if g["name"] == "digipoort.archive"]
+    assert {r["alert"] for r in group["rules"]} <= tested
+
 def test_pdbs_select_existing_deployments() -> None:
     components = {
         d["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"]
@@ -134,6 +354,13 @@ async def test_wait_for_setup_script_against_a_real_database(env: Env, tmp_path:
     done = await asyncio.to_thread(_run_wait, script, env.db_url)
     assert done.returncode == 0, done.stderr
     assert "all migrations applied" in done.stdout
+    # the Secret's form: several hosts, the first one dead, the writable one is taken
+    user, _, rest = env.db_url.partition("@")
+    multi = f"{user}@127.0.0.1:{free_port()},{rest}?target_session_attrs=read-write"
+    assert len(url_hosts(multi)) == 2
+    failover = await asyncio.to_thread(_run_wait, script, multi)
+    assert failover.returncode == 0, failover.stderr
+    assert "all migrations applied" in failover.stdout
 
     empty = f"dptest_empty_{uuid.uuid4().hex[:8]}"
     admin = await asyncpg.connect(f"{PG_ADMIN}/postgres")
@@ -186,7 +413,7 @@ async def test_every_role_stops_during_a_broker_outage(servers: OwnServers, own_
     stop within the grace period (before, deadletters and statusreports waited for the
     broker forever and were SIGKILLed after 60 s — seen in the compose stack)."""
     roles = {
-        "stages": ("validator", "router"),
+        "stages": ("stages",),
         "ops": ("retention", "deadletters", "statusreports", "opsmetrics"),
         "deliverer": ("deliverer",),
     }

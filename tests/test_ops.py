@@ -293,7 +293,8 @@ def test_compose_file_validates() -> None:
     Compose schema; the structural checks below run everywhere."""
     compose = yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))
     services = compose["services"]
-    for name in ("rabbitmq", "postgres", "ingress", "validator", "router", "ops", "prometheus"):
+    # one `stages` service since issue 15 (it replaced the validator and router services)
+    for name in ("rabbitmq", "postgres", "ingress", "stages", "ops", "prometheus"):
         assert name in services
     known = {"intake", "sweeper", *plugin_components(), "deliverer"}
     for name, svc in services.items():
