@@ -23,6 +23,7 @@ from adapters.ftp.commands import (
     parse_rest,
     reply,
 )
+from adapters.ftp.listformat import listing_line, mdtm
 from adapters.ftp.outbox import render_statuses
 from adapters.ftp.partials import LimitExceeded, PartialArea, Upload
 from adapters.ftp.paths import (
@@ -254,3 +255,14 @@ async def test_partials_expire(tmp_path: Path) -> None:
     assert await asyncio.to_thread(area.expire, 3600) == 0
     assert area.expire(3600, now=time.time() + 7200) == 1
     assert area.list() == []
+
+
+def test_listing_lines_and_mdtm() -> None:
+    mtime = 1772443815.0  # 2026-03-02 09:30:15 UTC
+    assert listing_line("nlst", "a.xml", False, 3, mtime) == "a.xml\r\n"
+    mlsd = listing_line("mlsd", "in", True, 0, mtime)
+    assert mlsd == "type=dir;size=0;modify=20260302093015; in\r\n"
+    assert listing_line("list", "a.xml", False, 3, mtime) == (
+        "-rw-r----- 1 ftp ftp            3 Mar 02 09:30 a.xml\r\n"
+    )
+    assert mdtm(mtime) == "20260302093015"

@@ -12,7 +12,8 @@ from lxml import etree
 
 from adapters.wus.response_signing import ResponseSigner
 from adapters.wus.soap import WSA_ANONYMOUS, build_envelope, parse_envelope
-from adapters.wus.wssecurity import sign_envelope, verify_envelope
+from adapters.wus.wssign import sign_envelope
+from adapters.wus.wsverify import verify_envelope
 from tests.test_wssecurity import (
     ACTION,
     ID_ARGS,

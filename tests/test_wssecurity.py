@@ -1,6 +1,6 @@
-"""WS-Security (adapters.wus.wssecurity): signing, verification, every refusal provoked by
-a concrete tampering, interoperability with xmlsec1 and the observed Digipoort responses,
-and fuzzing."""
+"""WS-Security (adapters.wus.wssign, adapters.wus.wsverify): signing, verification, every
+refusal provoked by a concrete tampering, interoperability with xmlsec1 and the observed
+Digipoort responses, and fuzzing. Exclusive c14n itself: tests/test_c14n.py."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from lxml import etree
 
-from adapters.wus import wssecurity
+from adapters.wus import wsprofile
 from adapters.wus.soap import (
     AANLEVERSERVICE_NS,
     DS_NS,
@@ -44,14 +44,9 @@ from adapters.wus.soap import (
     build_envelope,
     parse_envelope,
 )
-from adapters.wus.wssecurity import (
-    DIGEST_SHA1,
-    RSA_SHA256,
-    VerifiedSecurity,
-    WSSecurityError,
-    sign_envelope,
-    verify_envelope,
-)
+from adapters.wus.wsprofile import DIGEST_SHA1, RSA_SHA256, WSSecurityError
+from adapters.wus.wssign import sign_envelope
+from adapters.wus.wsverify import VerifiedSecurity, verify_envelope
 
 OBSERVED = Path("/work/shared/specs/wus/observed")
 needs_observed = pytest.mark.skipif(not OBSERVED.is_dir(), reason="observed messages missing")
@@ -716,75 +711,6 @@ def test_inclusive_namespaces_prefix_list(keys: Keys) -> None:
     assert _code(stripped) in {"digest_mismatch", "bad_signature"}
 
 
-# --------------------------------------------------------------------------- c14n
-
-
-@st.composite
-def _xml_documents(draw: st.DrawFn) -> str:
-    uris = {"a": ["urn:a", "urn:a2"], "b": ["urn:b", "urn:b2"], "c": ["urn:c"]}
-    texts = st.text(alphabet="xy &<>\"'\t\n\r\u00e9", max_size=4)
-
-    def escape(value: str) -> str:
-        return (
-            value.replace("&", "&amp;")
-            .replace("<", "&lt;")
-            .replace(">", "&gt;")
-            .replace('"', "&quot;")
-            .replace("\r", "&#13;")
-            .replace("\t", "&#9;")
-            .replace("\n", "&#10;")
-        )
-
-    def element(depth: int) -> str:
-        prefix = draw(st.sampled_from([None, "a", "b", "c"]))
-        tag = f"{prefix}:e{depth}" if prefix else f"e{depth}"
-        parts = [tag]
-        for declared in draw(st.lists(st.sampled_from(["a", "b", ""]), max_size=2, unique=True)):
-            if declared:
-                parts.append(f'xmlns:{declared}="{draw(st.sampled_from(uris[declared]))}"')
-            else:
-                parts.append(f'xmlns="{draw(st.sampled_from(["urn:d1", "urn:d2", ""]))}"')
-        for attribute in draw(
-            st.lists(st.sampled_from(["x", "y", "a:z", "b:z", "c:w"]), unique=True, max_size=3)
-        ):
-            parts.append(f'{attribute}="{escape(draw(texts))}"')
-        if draw(st.booleans()):
-            parts.append(f'xml:lang="{draw(st.sampled_from(["nl", "en"]))}"')
-        content = [escape(draw(texts))]
-        if depth < 4:
-            for _ in range(draw(st.integers(0, 3))):
-                kind = draw(st.sampled_from(["element", "element", "comment", "pi"]))
-                if kind == "element":
-                    content.append(element(depth + 1))
-                elif kind == "comment":
-                    content.append("<!-- c -->")
-                else:
-                    content.append("<?pi some data?>")
-                content.append(escape(draw(texts)))
-        return f"<{' '.join(parts)}>{''.join(content)}</{tag}>"
-
-    wrapper = '<r xmlns:a="urn:a" xmlns:b="urn:b" xmlns:c="urn:c" xmlns="urn:d1">{}</r>'
-    return wrapper.format(element(1))
-
-
-@settings(max_examples=300, deadline=None)
-@given(
-    document=_xml_documents(),
-    prefixes=st.lists(st.sampled_from(["a", "b", "c", "xml"]), unique=True, max_size=3),
-)
-def test_python_c14n_matches_libxml2(document: str, prefixes: list[str]) -> None:
-    """The pure-Python exc-c14n (used for PrefixList '#default') agrees with libxml2."""
-    apex = etree.fromstring(document)[0]
-    expected = etree.tostring(
-        apex,
-        method="c14n",
-        exclusive=True,
-        with_comments=False,
-        inclusive_ns_prefixes=prefixes or None,
-    )
-    assert wssecurity._exc_c14n_python(apex, prefixes) == expected
-
-
 # --------------------------------------------------------------------------- xmlsec1
 
 ID_ARGS = [
@@ -852,8 +778,8 @@ def _xmlsec1_template(keys: Keys) -> str:
         f'<soap:Header><wsse:Security xmlns:wsse="{WSSE_NS}" soap:mustUnderstand="1">'
         '<wsu:Timestamp wsu:Id="TS-1"><wsu:Created>2026-03-02T09:30:00Z</wsu:Created>'
         "<wsu:Expires>2026-03-02T09:40:00Z</wsu:Expires></wsu:Timestamp>"
-        f'<wsse:BinarySecurityToken EncodingType="{wssecurity.BASE64_BINARY}" '
-        f'ValueType="{wssecurity.X509V3}" wsu:Id="X509-1">{token}</wsse:BinarySecurityToken>'
+        f'<wsse:BinarySecurityToken EncodingType="{wsprofile.BASE64_BINARY}" '
+        f'ValueType="{wsprofile.X509V3}" wsu:Id="X509-1">{token}</wsse:BinarySecurityToken>'
         f'<ds:Signature xmlns:ds="{DS_NS}"><ds:SignedInfo>'
         f'<ds:CanonicalizationMethod Algorithm="{EXC_C14N_NS}">'
         f'<ec:InclusiveNamespaces xmlns:ec="{EXC_C14N_NS}" PrefixList="soap #default"/>'
@@ -865,7 +791,7 @@ def _xmlsec1_template(keys: Keys) -> str:
         + reference("id-mid", "soap")
         + reference("id-body", "xsd #default")
         + "</ds:SignedInfo><ds:SignatureValue/><ds:KeyInfo><wsse:SecurityTokenReference>"
-        f'<wsse:Reference URI="#X509-1" ValueType="{wssecurity.X509V3}"/>'
+        f'<wsse:Reference URI="#X509-1" ValueType="{wsprofile.X509V3}"/>'
         "</wsse:SecurityTokenReference></ds:KeyInfo></ds:Signature></wsse:Security>"
         f'<wsa:To xmlns:wsa="{WSA_NS}" wsu:Id="id-to">{TO}</wsa:To>'
         f'<Action xmlns="{WSA_NS}" wsu:Id="id-action">{ACTION}</Action>'

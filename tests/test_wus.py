@@ -43,7 +43,7 @@ from adapters.wus.soap import (
     build_envelope,
 )
 from adapters.wus.wsdl import AANLEVER_PATH, STATUS_PATH
-from adapters.wus.wssecurity import sign_envelope
+from adapters.wus.wssign import sign_envelope
 from digipoort import metrics
 from digipoort.cli import main as cli_main
 from tests.support import (

@@ -1,4 +1,5 @@
-"""The FTP command parser and reply formatting: pure functions, no I/O.
+"""The FTP command parser and reply formatting: pure functions, no I/O. Also the command
+vocabulary: what FEAT announces and which commands are allowed before AUTH TLS / login.
 
 ``parse_command`` turns one control-connection line (bytes, CRLF or LF terminated) into a
 :class:`Command` or raises :class:`CommandError` carrying the FTP reply code to send.
@@ -27,6 +28,25 @@ KNOWN = frozenset(
 NOT_IMPLEMENTED = frozenset(
     {"PORT", "EPRT", "CCC", "MKD", "RMD", "RNFR", "RNTO", "STOU", "ACCT", "REIN"}
 )
+
+#: What FEAT announces.
+FEATURES = (
+    "AUTH TLS",
+    "PBSZ",
+    "PROT",
+    "EPSV",
+    "PASV",
+    "SIZE",
+    "MDTM",
+    "REST STREAM",
+    "MLST type*;size*;modify*;",
+    "UTF8",
+    "TVFS",
+)
+
+#: Commands allowed before AUTH TLS, and before login (USER/PASS).
+PRE_AUTH = frozenset({"AUTH", "FEAT", "SYST", "NOOP", "QUIT", "HELP"})
+PRE_LOGIN = PRE_AUTH | {"PBSZ", "PROT", "USER", "PASS", "OPTS", "TYPE"}
 
 # Telnet "interrupt process" + "data mark", sent by some clients before ABOR (RFC 959 4.1.3)
 _TELNET_PREFIXES = (b"\xff\xf4\xff\xf2", b"\xff\xf4", b"\xff\xf2", b"\xf2")

@@ -19,7 +19,8 @@ from adapters.ftp import metrics
 from adapters.ftp.commands import MAX_LINE, reply
 from adapters.ftp.partials import PartialArea
 from adapters.ftp.passive import PassivePorts
-from adapters.ftp.session import FtpShared, Session
+from adapters.ftp.session import Session
+from adapters.ftp.sessionbase import FtpShared
 from digipoort import archive
 from digipoort.app import LISTEN_BACKLOG, Gateway
 from digipoort.pki.wiring import participant_verifier, revocation_service, server_context

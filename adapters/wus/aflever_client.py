@@ -36,7 +36,9 @@ from adapters.wus.soap import (
     new_message_id,
     parse_envelope,
 )
-from adapters.wus.wssecurity import WSSecurityError, sign_envelope, verify_envelope
+from adapters.wus.wsprofile import WSSecurityError
+from adapters.wus.wssign import sign_envelope
+from adapters.wus.wsverify import verify_envelope
 from digipoort.archive import Recorder, disabled
 from digipoort.config import redact_url
 from digipoort.pki import CertificateRejected, CertificateVerifier, client_ssl_context

@@ -43,7 +43,9 @@ from adapters.wus.soap import (
     build_fault,
     parse_envelope,
 )
-from adapters.wus.wssecurity import WSSecurityError, sign_envelope, verify_envelope
+from adapters.wus.wsprofile import WSSecurityError
+from adapters.wus.wssign import sign_envelope
+from adapters.wus.wsverify import verify_envelope
 from digipoort.clikit import stop_on_signals
 from digipoort.httpguard import GuardedSite, HttpGuard, HttpGuardConfig
 from digipoort.pki import (

@@ -35,7 +35,9 @@ from adapters.wus.soap import (
     parse_envelope,
 )
 from adapters.wus.wsdl import AANLEVER_PATH, STATUS_PATH
-from adapters.wus.wssecurity import WSSecurityError, sign_envelope, verify_envelope
+from adapters.wus.wsprofile import WSSecurityError
+from adapters.wus.wssign import sign_envelope
+from adapters.wus.wsverify import verify_envelope
 from digipoort.clienterrors import ClientError, diagnose
 from digipoort.pki import client_ssl_context
 

@@ -10,7 +10,7 @@ and the signature value are computed; the payload is serialised once. Everything
 (namespace declarations, the token, ids, the To and Action references) is fixed per
 signer, algorithm and action.
 
-The output is what :func:`adapters.wus.wssecurity.sign_envelope` makes of
+The output is what :func:`adapters.wus.wssign.sign_envelope` makes of
 ``build_envelope(...)`` up to namespace declarations and wsu:Id values: the same elements,
 order, algorithms and references (``tests/test_response_signing.py`` checks both with our
 verifier and with xmlsec1). A payload that itself uses the ``soapenv`` or ``wsu`` prefix
@@ -42,15 +42,15 @@ from .soap import (
     build_envelope,
     new_message_id,
 )
-from .wssecurity import (
+from .wsprofile import (
     BASE64_BINARY,
     DIGEST_SHA1,
     DIGEST_SHA256,
     RSA_SHA1,
     RSA_SHA256,
     X509V3,
-    sign_envelope,
 )
+from .wssign import sign_envelope
 
 __all__ = ["ResponseSigner"]
 

@@ -13,7 +13,7 @@ Per request, cheapest checks first (docs/wus.md):
    so no request stalls the event loop (docs/wus-security.md).
 3. SOAP 1.1 + WS-Addressing (``soap.parse_envelope``), wsa:Action == SOAPAction, an
    operation of *this* endpoint, wsa:To == this endpoint's public address.
-4. WS-Security (``wssecurity.verify_envelope``); the BinarySecurityToken's certificate is
+4. WS-Security (``wsverify.verify_envelope``); the BinarySecurityToken's certificate is
    verified like the TLS one and must carry the same OIN; replayed wsa:MessageIDs are
    refused (for aanleveren the wsa:MessageID is recorded by intake, in the statement that
    creates the envelope; a request refused before that records it then, so a replayed
@@ -52,11 +52,8 @@ from adapters.wus.soap import (
     parse_envelope,
 )
 from adapters.wus.wsdl import SERVICES, XSD_NAME, Service, render_wsdl, xsd
-from adapters.wus.wssecurity import (
-    VerifiedSecurity,
-    WSSecurityError,
-    verify_envelope,
-)
+from adapters.wus.wsprofile import WSSecurityError
+from adapters.wus.wsverify import VerifiedSecurity, verify_envelope
 from adapters.wus.zetstatus import EXTRA_OPERATIONS, ZET_STATUS, zet_status
 from digipoort import archive, metrics
 from digipoort.config import Settings

@@ -32,7 +32,7 @@ from adapters.wus.soap import (
     WSA_NS,
     build_envelope,
 )
-from adapters.wus.wssecurity import sign_envelope
+from adapters.wus.wssign import sign_envelope
 from digipoort import httpguard
 from digipoort.httpguard import HTTP_REFUSALS, HttpGuardConfig
 from digipoort.pki import client_ssl_context
