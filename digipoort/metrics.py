@@ -210,6 +210,10 @@ HISTORY_PURGE_SECONDS = Histogram(
     "Time to purge one month (detach, drop, payload files).",
     buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
 )
+HISTORY_MAINTENANCE_FAILURES = Counter(
+    "digipoort_history_maintenance_failures_total",
+    "Runs of the history maintenance (partitions ahead, ANALYZE, purge) that failed.",
+)
 HISTORY_PARTITIONS_CREATED = Counter(
     "digipoort_history_partitions_created_total", "Monthly partitions created ahead."
 )

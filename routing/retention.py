@@ -21,7 +21,7 @@ import asyncpg
 import structlog
 from prometheus_client import Counter
 
-from digipoort import partitions
+from digipoort import metrics, partitions
 from digipoort.app import Gateway
 from digipoort.config import HistoryConfig
 from digipoort.payloads import PayloadStore
@@ -149,12 +149,16 @@ async def start(gateway: Gateway) -> Callable[[], Awaitable[None]]:
 
     async def history_loop() -> None:
         while not stopping.is_set():
+            pause = 24 * 3600
             try:
                 await maintain_history(pool, store, history)
             except Exception as exc:
+                # counted and alerted (DigipoortHistoryMaintenanceFailing); retried hourly
+                metrics.HISTORY_MAINTENANCE_FAILURES.inc()
                 log.error("history maintenance failed", error=str(exc))
+                pause = 3600
             try:
-                await asyncio.wait_for(stopping.wait(), timeout=24 * 3600)
+                await asyncio.wait_for(stopping.wait(), timeout=pause)
             except TimeoutError:
                 pass
 
