@@ -48,34 +48,42 @@ SELECT * FROM unnest($1::uuid[], $2::smallint[], $3::text[], $4::text[], $5::big
 """
 
 
+def _envelope_row(e: NewEnvelope) -> tuple[Any, ...]:
+    """The envelopes columns of ``e``, in the order of the unnest() statements."""
+    a = e.aanlevering
+    return (
+        e.kenmerk,
+        a.berichtsoort,
+        a.koppelvlak,
+        a.sender_oin,
+        a.aanleverkenmerk,
+        a.eerder_aanleverkenmerk,
+        a.berichtkenmerk or str(e.kenmerk),
+        a.belanghebbende.nummer,
+        a.belanghebbende.type,
+        a.rol_belanghebbende,
+        a.ontvanger.nummer if a.ontvanger else None,
+        a.ontvanger.type if a.ontvanger else None,
+        a.rol_ontvanger,
+        a.autorisatie_adres,
+        e.tijdstempel,
+    )
+
+
+def _add_documents(doc_cols: list[list[Any]], e: NewEnvelope) -> None:
+    for d in e.documents:
+        dvals = (e.kenmerk, d.seq, d.mime_type, d.bestandsnaam, d.size, d.sha256, d.data)
+        for dcol, dv in zip(doc_cols, dvals, strict=True):
+            dcol.append(dv)
+
+
 async def insert_envelopes(conn: asyncpg.Connection, batch: Sequence[NewEnvelope]) -> None:
     env_cols: list[list[Any]] = [[] for _ in range(15)]
     doc_cols: list[list[Any]] = [[] for _ in range(7)]
     for e in batch:
-        a = e.aanlevering
-        values: tuple[Any, ...] = (
-            e.kenmerk,
-            a.berichtsoort,
-            a.koppelvlak,
-            a.sender_oin,
-            a.aanleverkenmerk,
-            a.eerder_aanleverkenmerk,
-            a.berichtkenmerk or str(e.kenmerk),
-            a.belanghebbende.nummer,
-            a.belanghebbende.type,
-            a.rol_belanghebbende,
-            a.ontvanger.nummer if a.ontvanger else None,
-            a.ontvanger.type if a.ontvanger else None,
-            a.rol_ontvanger,
-            a.autorisatie_adres,
-            e.tijdstempel,
-        )
-        for col, v in zip(env_cols, values, strict=True):
+        for col, v in zip(env_cols, _envelope_row(e), strict=True):
             col.append(v)
-        for d in e.documents:
-            dvals = (e.kenmerk, d.seq, d.mime_type, d.bestandsnaam, d.size, d.sha256, d.data)
-            for dcol, dv in zip(doc_cols, dvals, strict=True):
-                dcol.append(dv)
+        _add_documents(doc_cols, e)
     await conn.execute(_INSERT_ENVELOPES, *env_cols)
     await conn.execute(_INSERT_DOCUMENTS, *doc_cols)
 
@@ -195,32 +203,10 @@ async def accept_batch(
     doc_cols: list[list[Any]] = [[] for _ in range(7)]
     for sub in batch:
         e = sub.envelope
-        a = e.aanlevering
-        values: tuple[Any, ...] = (
-            e.kenmerk,
-            a.berichtsoort,
-            a.koppelvlak,
-            a.sender_oin,
-            a.aanleverkenmerk,
-            a.eerder_aanleverkenmerk,
-            a.berichtkenmerk or str(e.kenmerk),
-            a.belanghebbende.nummer,
-            a.belanghebbende.type,
-            a.rol_belanghebbende,
-            a.ontvanger.nummer if a.ontvanger else None,
-            a.ontvanger.type if a.ontvanger else None,
-            a.rol_ontvanger,
-            a.autorisatie_adres,
-            e.tijdstempel,
-            sub.sleutel,
-            sub.replay,
-        )
+        values = (*_envelope_row(e), sub.sleutel, sub.replay)
         for col, v in zip(env_cols, values, strict=True):
             col.append(v)
-        for d in e.documents:
-            dvals = (e.kenmerk, d.seq, d.mime_type, d.bestandsnaam, d.size, d.sha256, d.data)
-            for dcol, dv in zip(doc_cols, dvals, strict=True):
-                dcol.append(dv)
+        _add_documents(doc_cols, e)
     rows = await conn.fetch(
         _ACCEPT,
         *env_cols,

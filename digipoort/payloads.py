@@ -22,6 +22,15 @@ from digipoort.envelope import StoredBlob
 CHUNK = 1024 * 1024
 
 
+def fsync_dir(path: Path) -> None:
+    """Make a directory's entries (a file created or renamed in it) durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class PayloadTooLarge(Exception):
     def __init__(self, limit: int) -> None:
         super().__init__(f"payload exceeds the limit of {limit} bytes")
@@ -83,11 +92,7 @@ class FileBlobWriter:
                 os.utime(final)
             else:
                 os.replace(self._tmp, final)
-                dir_fd = os.open(final.parent, os.O_RDONLY)
-                try:
-                    os.fsync(dir_fd)
-                finally:
-                    os.close(dir_fd)
+                fsync_dir(final.parent)
 
         await asyncio.to_thread(_finish)
         return StoredBlob(sha256=digest, size=self._size)

@@ -47,6 +47,7 @@ from digipoort.archive.days import (
 )
 from digipoort.archive.records import SegmentDamaged
 from digipoort.config import Settings
+from digipoort.payloads import fsync_dir
 
 __all__ = ["CloseFailed", "close_day", "due_days", "maintain", "purge"]
 
@@ -83,14 +84,6 @@ def _write_file(path: Path, data: bytes) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def is_closed(day_dir: Path) -> bool:
@@ -160,7 +153,7 @@ def close_day(settings: Settings, day: str, *, now: datetime | None = None) -> b
         for path in day_dir.iterdir():
             path.chmod(0o444)
         day_dir.chmod(0o555)
-        _fsync_dir(day_dir)
+        fsync_dir(day_dir)
         metrics.DAYS.labels("closed").inc()
         log.info(
             "archive.day_closed",

@@ -36,6 +36,7 @@ import structlog
 
 from digipoort.archive import metrics
 from digipoort.archive.records import encode_entry, genesis
+from digipoort.payloads import fsync_dir
 
 __all__ = ["Record", "SegmentWriter", "day_name", "utc_now"]
 
@@ -54,14 +55,6 @@ def day_name(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%d")
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 @dataclass
 class Record:
     header: dict[str, Any]
@@ -78,13 +71,13 @@ class _Segment:
         fresh = not directory.exists()
         directory.mkdir(parents=True, exist_ok=True)
         if fresh:
-            _fsync_dir(root)
+            fsync_dir(root)
         host = socket.gethostname().replace("-", "_")[:40] or "host"
         self.name = f"{host}-{os.getpid()}-{moment:%H%M%S}-{secrets.token_hex(3)}{SEGMENT_SUFFIX}"
         self.path = directory / self.name
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
         self.fd = os.open(self.path, flags, 0o640)
-        _fsync_dir(directory)
+        fsync_dir(directory)
         self.prev = genesis(self.name)
         self.seq = 0
         self.size = 0
