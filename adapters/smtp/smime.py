@@ -20,6 +20,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
+from digipoort.pki.cmssigner import find_signer
+
 __all__ = ["SmimeInvalid", "SmimeSigner", "verify_detached"]
 
 _HASHES: dict[str, type[hashes.HashAlgorithm]] = {
@@ -62,7 +64,9 @@ def verify_detached(signed_bytes: bytes, signature_der: bytes) -> SmimeSigner:
             for c in (sd["certificates"] or [])
             if c.name == "certificate"
         ]
-        signer = _find_signer(si["sid"], certs)
+        signer = find_signer(si["sid"], certs)
+        if signer is None:
+            raise SmimeInvalid("signer certificate not included in the signature")
         digest_name = si["digest_algorithm"]["algorithm"].native
         if digest_name not in _HASHES:
             raise SmimeInvalid(f"digest algorithm {digest_name} not accepted")
@@ -82,25 +86,6 @@ def verify_detached(signed_bytes: bytes, signature_der: bytes) -> SmimeSigner:
         raise SmimeInvalid("malformed signature") from None
     chain = tuple(c for c in certs if c is not signer)
     return SmimeSigner(signer, chain, digest_name)
-
-
-def _find_signer(sid: cms.SignerIdentifier, certs: list[x509.Certificate]) -> x509.Certificate:
-    for cert in certs:
-        if sid.name == "issuer_and_serial_number":
-            ias = sid.chosen
-            if (
-                cert.serial_number == ias["serial_number"].native
-                and cert.issuer.public_bytes() == ias["issuer"].dump()
-            ):
-                return cert
-        elif sid.name == "subject_key_identifier":
-            try:
-                ski = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
-            except x509.ExtensionNotFound:
-                continue
-            if ski.value.digest == sid.chosen.native:
-                return cert
-    raise SmimeInvalid("signer certificate not included in the signature")
 
 
 def _check_attributes(attrs: cms.CMSAttributes, digest: bytes) -> None:

@@ -18,6 +18,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, load_pem_private_key, pkcs7
 
+from digipoort.pki.cmssigner import find_signer
+
 __all__ = ["SignatureInvalid", "Signed", "load_identity", "sign_detached", "verify_detached"]
 
 
@@ -77,7 +79,9 @@ def verify_detached(data: bytes, signature_der: bytes, *, content_type: str = "d
             for c in (sd["certificates"] or [])
             if c.name == "certificate"
         )
-        signer = _signer(si["sid"], certs)
+        signer = find_signer(si["sid"], certs)
+        if signer is None:
+            raise SignatureInvalid("signer certificate not in the signature")
         if si["digest_algorithm"]["algorithm"].native != "sha256":
             raise SignatureInvalid("digest algorithm is not SHA-256")
         attrs = si["signed_attrs"]
@@ -99,18 +103,6 @@ def verify_detached(data: bytes, signature_der: bytes, *, content_type: str = "d
         raise
     except (ValueError, TypeError, KeyError, IndexError, AttributeError):
         raise SignatureInvalid("malformed signature") from None
-
-
-def _signer(sid: cms.SignerIdentifier, certs: tuple[x509.Certificate, ...]) -> x509.Certificate:
-    for cert in certs:
-        if sid.name == "issuer_and_serial_number":
-            ias = sid.chosen
-            if (
-                cert.serial_number == ias["serial_number"].native
-                and cert.issuer.public_bytes() == ias["issuer"].dump()
-            ):
-                return cert
-    raise SignatureInvalid("signer certificate not in the signature")
 
 
 def _check(cert: x509.Certificate, si: cms.SignerInfo, data: bytes) -> None:
