@@ -248,7 +248,7 @@ def registry_load(config_path: Path | None, actor: str, as_json: bool) -> None:
 @click.option(
     "--components",
     default=None,
-    help="Comma-separated subset (default: all). E.g. validator,router.",
+    help="Comma-separated subset (default: all). E.g. intake,wus,stages.",
 )
 @click.option(
     "--processes",

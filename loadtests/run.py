@@ -12,7 +12,7 @@ database): a stalled gateway cannot hide the queueing it causes (no coordinated 
 
 ``--target local`` (default): a throw-away database, vhost and test PKI; the gateway runs
 as in production in separate processes, ``serve --components
-intake,sweeper,wus,smtp,ftp --processes P`` and ``serve --components validator,router``.
+intake,sweeper,wus,smtp,ftp --processes P`` and ``serve --components stages``.
 CPU-seconds of all gateway processes (user+sys from /proc/<pid>/stat, children included)
 are read before and after the run. ``--baseline`` also measures the bare mutual-TLS echo
 (aiohttp, same certificates and bodies) in the same run.
@@ -458,7 +458,7 @@ async def start_local(
     processes: int,
     kinds: list[str],
     servers: tuple[Any, Any] | None = None,
-    stage_components: str = "validator,router",
+    stage_components: str = "stages",
 ) -> tuple[Any, Path, list[asyncio.subprocess.Process]]:
     pki = tmp / "pki"
     create_dev_pki(pki, [DevParticipant(oin=o, name=n) for o, n, _ in SAMPLE_PARTICIPANTS])
@@ -728,7 +728,7 @@ def parser() -> argparse.ArgumentParser:
     )
     ap.add_argument(
         "--stage-components",
-        default="validator,router",
+        default="stages",
         help="local: the components of the stage process",
     )
     return ap
