@@ -63,7 +63,7 @@ from digipoort.status import Status
 from digipoort.statusstore import write_statuses
 from routing import delivery_metrics
 from routing.aflever_body import RecipientDocument, document_element, recipient_documents
-from routing.delivery_schedule import BreakerState, CircuitBreaker, Decision, after_failure
+from routing.afleveren.schedule import BreakerState, CircuitBreaker, Decision, after_failure
 
 log = structlog.get_logger(__name__)
 

@@ -19,7 +19,7 @@ from prometheus_client import REGISTRY
 
 from adapters.wus.afleverserver import AfleverServer
 from digipoort.app import Gateway
-from routing.delivery_schedule import (
+from routing.afleveren.schedule import (
     BreakerState,
     CircuitBreaker,
     after_failure,
