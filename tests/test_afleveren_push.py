@@ -301,7 +301,7 @@ async def test_client_and_reference_server_dedupe_and_signer_check(
 ) -> None:
     from adapters.wus.aflever_client import AfleverClient
     from adapters.wus.component import participant_verifier
-    from routing.deliverer import DeliveryFailed
+    from routing.afleveren.deliverer import DeliveryFailed
     from tests.support import CBS
 
     pki = env.dir / "pki"

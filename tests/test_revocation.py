@@ -39,7 +39,7 @@ from digipoort.pki.devpki import DevParticipant, create_dev_pki, revoke
 from digipoort.pki.responder import ocsp_response, start_responder
 from digipoort.pki.revocation import RevocationService, cdp_urls, ocsp_urls
 from digipoort.pki.wiring import PeerCheck, client_context, participant_verifier
-from routing.deliverer import DeliveryFailed
+from routing.afleveren.deliverer import DeliveryFailed
 from routing.fetcher import FetchFailed, ReferenceFetcher
 from routing.grote_berichten import Reference
 from tests.support import Env, create_env, destroy_env, free_port, wait_for

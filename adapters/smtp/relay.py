@@ -49,7 +49,7 @@ from digipoort.envelope import EnvelopeRecord
 from digipoort.pki import CertificateRejected, client_ssl_context
 from digipoort.pki.wiring import PeerCheck
 from routing.aflever_body import RecipientDocument
-from routing.deliverer import DeliveryFailed, DeliveryRefused, Outgoing
+from routing.afleveren.deliverer import DeliveryFailed, DeliveryRefused, Outgoing
 
 __all__ = [
     "RelayTarget",
@@ -181,7 +181,7 @@ def _tls_reason(exc: ssl.SSLError) -> str:
 
 
 class SmtpRelay:
-    """The ``smtp`` :data:`routing.deliverer.Sender`."""
+    """The ``smtp`` :data:`routing.afleveren.deliverer.Sender`."""
 
     def __init__(
         self,

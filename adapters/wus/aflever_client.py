@@ -9,7 +9,7 @@ against the revocation service's CRLs, and after it by :class:`~digipoort.pki.wi
 which also sees OCSP). Success is only a valid afleverResponse: HTTP 200,
 signature valid, RelatesTo = our MessageID, the signing certificate trusted (chain, CRL)
 and carrying **that recipient's OIN**, and the response's kenmerk = ours. Everything else
-raises :class:`routing.deliverer.DeliveryFailed` with a short reason (retried, 420).
+raises :class:`routing.afleveren.deliverer.DeliveryFailed` with a short reason (retried, 420).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from digipoort.config import redact_url
 from digipoort.pki import CertificateRejected, CertificateVerifier, client_ssl_context
 from digipoort.pki.wiring import PeerCheck, PeerRejected
 from digipoort.registry import Participant
-from routing.deliverer import DeliveryFailed
+from routing.afleveren.deliverer import DeliveryFailed
 
 __all__ = ["AFLEVER_ACTION", "AfleverClient"]
 

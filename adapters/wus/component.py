@@ -24,7 +24,7 @@ from digipoort.httpguard import GuardedSite, HttpGuard, HttpGuardConfig
 from digipoort.pki import CertificateVerifier
 from digipoort.pki.wiring import PeerCheck, client_context, revocation_service, server_context
 from digipoort.pki.wiring import participant_verifier as _participant_verifier
-from routing.deliverer import Deliverer, wus_sender
+from routing.afleveren.deliverer import Deliverer, wus_sender
 from routing.download import Download
 
 log = structlog.get_logger(__name__)
