@@ -13,7 +13,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-from adapters.smtp.relay import SmtpRelay
 from adapters.wus import store
 from adapters.wus.server import WusService
 from digipoort import archive
@@ -24,6 +23,7 @@ from digipoort.pki import CertificateVerifier
 from digipoort.pki.wiring import PeerCheck, client_context, revocation_service, server_context
 from digipoort.pki.wiring import participant_verifier as _participant_verifier
 from routing.afleveren.deliverer import Deliverer, wus_sender
+from routing.afleveren.smtp import SmtpRelay
 from routing.afleveren.wus import AfleverClient
 from routing.download import Download
 
