@@ -23,7 +23,6 @@ from adapters.ftp.commands import (
     parse_rest,
     reply,
 )
-from adapters.ftp.outbox import render_statuses
 from adapters.ftp.partials import LimitExceeded, PartialArea, Upload
 from adapters.ftp.paths import (
     PathRefused,
@@ -34,6 +33,7 @@ from adapters.ftp.paths import (
     parse_mime_type,
 )
 from digipoort.status import Status
+from routing.afleveren.ftp import render_statuses
 
 SOORTEN = {"DNB-DGS", "CBS-Detailhandel"}
 

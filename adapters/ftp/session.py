@@ -34,7 +34,6 @@ from adapters.ftp.commands import (
     pasv_reply,
     reply,
 )
-from adapters.ftp.outbox import Outbox
 from adapters.ftp.partials import LimitExceeded, PartialArea, Upload, promote
 from adapters.ftp.passive import DataConnectionError, DataListener, PassivePorts, close_quietly
 from adapters.ftp.paths import (
@@ -57,6 +56,7 @@ from digipoort.payloads import PayloadStore
 from digipoort.pki import CertificateRejected, CertificateVerifier, peer_certificate
 from digipoort.pki.trust import oin_from_certificate
 from digipoort.registry_store import RegistryHolder
+from routing.afleveren.ftp import Outbox
 
 log = structlog.get_logger(__name__)
 
