@@ -83,11 +83,9 @@ __all__ = [
     "DeliveryFailed",
     "DeliveryRefused",
     "Outgoing",
-    "Pusher",
     "Receipt",
     "Sender",
     "open_breakers",
-    "wus_sender",
 ]
 
 log = structlog.get_logger(__name__)
@@ -107,19 +105,6 @@ FOUTCODE_NO_ENDPOINT = "AFS610"
 Sender = Callable[[Outgoing], Awaitable[object]]
 """Deliver one envelope over one channel (a :class:`Channel`'s bound ``deliver``); raise
 :class:`DeliveryFailed` (retried) or :class:`DeliveryRefused` (permanent)."""
-
-Pusher = Callable[[Participant, UUID, bytes], Awaitable[object]]
-"""Push one afleverRequest to a participant; raise :class:`DeliveryFailed`."""
-
-
-def wus_sender(pusher: Pusher) -> Sender:
-    """The ``wus`` channel: the afleverRequest pushed to the recipient's AfleverService."""
-
-    async def send(out: Outgoing) -> None:
-        await pusher(out.participant, out.kenmerk, out.aflever_request())
-
-    return send
-
 
 @dataclass(frozen=True)
 class Claim:

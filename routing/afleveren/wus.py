@@ -114,7 +114,7 @@ class AfleverClient:
         return await self.push(out.participant, out.kenmerk, out.aflever_request())
 
     async def push(self, participant: Participant, kenmerk: UUID, body: bytes) -> Receipt:
-        """The ``Pusher`` of the deliverer."""
+        """One afleverRequest to a participant's registered AfleverService."""
         url = participant.aflever.url
         if not url:
             raise DeliveryFailed("geen URL van de afleverservice geregistreerd")
