@@ -22,7 +22,7 @@ from portal.context import Context
 from portal.identity import Caller
 from portal.problems import Problem, clean_text, not_found
 from portal.validation import findings_from_details
-from routing.deliverer import open_breakers
+from routing.afleveren.deliverer import open_breakers
 from routing.download import record_fetch
 
 log = structlog.get_logger(__name__)

@@ -15,7 +15,7 @@ from digipoort.provision import Management, vhost_of
 from portal.context import Context
 from portal.identity import Caller
 from portal.operator import require_operator
-from routing.deliverer import open_breakers
+from routing.afleveren.deliverer import open_breakers
 
 log = structlog.get_logger(__name__)
 

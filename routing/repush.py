@@ -12,7 +12,7 @@ from uuid import UUID
 
 import asyncpg
 
-from routing.deliverer import NOTIFY_CHANNEL, PUSH_CHANNELS
+from routing.afleveren.deliverer import NOTIFY_CHANNEL, PUSH_CHANNELS
 
 
 async def repush_failed(pool: asyncpg.Pool, kenmerk: UUID, recipient_oin: str) -> bool:

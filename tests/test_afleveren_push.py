@@ -19,7 +19,7 @@ from prometheus_client import REGISTRY
 
 from adapters.wus.afleverserver import AfleverServer
 from digipoort.app import Gateway
-from routing.delivery_schedule import (
+from routing.afleveren.schedule import (
     BreakerState,
     CircuitBreaker,
     after_failure,
@@ -299,9 +299,9 @@ async def test_two_deliverers_never_push_one_delivery_twice(env: Env, tmp_path: 
 async def test_client_and_reference_server_dedupe_and_signer_check(
     env: Env, tmp_path: Path
 ) -> None:
-    from adapters.wus.aflever_client import AfleverClient
     from adapters.wus.component import participant_verifier
-    from routing.deliverer import DeliveryFailed
+    from routing.afleveren.deliverer import DeliveryFailed
+    from routing.afleveren.wus import AfleverClient
     from tests.support import CBS
 
     pki = env.dir / "pki"

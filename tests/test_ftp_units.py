@@ -24,7 +24,6 @@ from adapters.ftp.commands import (
     reply,
 )
 from adapters.ftp.listformat import listing_line, mdtm
-from adapters.ftp.outbox import render_statuses
 from adapters.ftp.partials import LimitExceeded, PartialArea, Upload
 from adapters.ftp.paths import (
     PathRefused,
@@ -35,6 +34,7 @@ from adapters.ftp.paths import (
     parse_mime_type,
 )
 from digipoort.status import Status
+from routing.afleveren.ftp import render_statuses
 
 SOORTEN = {"DNB-DGS", "CBS-Detailhandel"}
 

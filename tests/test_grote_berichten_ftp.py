@@ -11,8 +11,8 @@ import uuid
 from pathlib import Path
 
 from adapters.ftp.client import FtpsClient
-from adapters.ftp.outbox import AFLEVER_SUFFIX
 from digipoort.pki.tls import client_ssl_context
+from routing.afleveren.ftp import AFLEVER_SUFFIX
 from routing.fetcher import ReferenceFetcher
 from routing.grote_berichten import REFERENCE_MIME_TYPE
 from routing.subscriber import subscribe

@@ -32,7 +32,7 @@ ALERTS = DEPLOY / "prometheus" / "alerts.yml"
 K8S = DEPLOY / "k8s"
 COMPOSE = DEPLOY / "compose" / "compose.yaml"
 
-# Defined by the push-delivery component (routing/deliverer.py); only required on /metrics
+# Defined by the push-delivery component (routing/afleveren/deliverer.py); only required on /metrics
 # once that component is installed.
 PUSH_METRICS = {"digipoort_delivery_retries_total", "digipoort_circuit_breaker_open"}
 METRIC_NAME = re.compile(r"(?<![A-Za-z0-9_:.])digipoort_[a-z0-9_]+")

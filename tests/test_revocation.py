@@ -25,7 +25,6 @@ from cryptography.x509 import ocsp
 from cryptography.x509.oid import AuthorityInformationAccessOID, NameOID
 from prometheus_client import REGISTRY
 
-from adapters.wus.aflever_client import AfleverClient
 from adapters.wus.afleverserver import AfleverServer
 from digipoort.cli import main as cli
 from digipoort.devenv import BELASTINGDIENST, BETA, SAMPLE_PARTICIPANTS
@@ -39,7 +38,8 @@ from digipoort.pki.devpki import DevParticipant, create_dev_pki, revoke
 from digipoort.pki.responder import ocsp_response, start_responder
 from digipoort.pki.revocation import RevocationService, cdp_urls, ocsp_urls
 from digipoort.pki.wiring import PeerCheck, client_context, participant_verifier
-from routing.deliverer import DeliveryFailed
+from routing.afleveren.deliverer import DeliveryFailed
+from routing.afleveren.wus import AfleverClient
 from routing.fetcher import FetchFailed, ReferenceFetcher
 from routing.grote_berichten import Reference
 from tests.support import Env, create_env, destroy_env, free_port, wait_for

@@ -25,11 +25,11 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as SMTPServer
 from aiosmtpd.smtp import Envelope, Session
 
-from adapters.smtp.relay import RelayUrlError, build_relay_mail, mail_bytes, parse_relay_url
 from digipoort.app import Gateway
 from digipoort.devenv import ALFA, BELASTINGDIENST
 from digipoort.envelope import Document
 from digipoort.pki import client_ssl_context
+from routing.afleveren.smtp import RelayUrlError, build_relay_mail, mail_bytes, parse_relay_url
 from routing.grote_berichten import REFERENCE_MIME_TYPE, parse_reference
 from tests.support import SAMPLES, Env, aanlevering, free_port, set_aflever, wait_for
 

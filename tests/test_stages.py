@@ -15,7 +15,7 @@ from digipoort.broker import ROUTE
 from digipoort.envelopestore import set_stage
 from digipoort.status import Status
 from digipoort.statusstore import write_statuses
-from routing.delivery_schedule import CircuitBreaker
+from routing.afleveren.schedule import CircuitBreaker
 from tests.support import BELASTINGDIENST, Env, aanlevering, wait_for
 
 HAPPY = ["105", "100", "110", "200", "301", "405", "400"]

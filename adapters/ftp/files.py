@@ -3,7 +3,7 @@ facts (SIZE, MDTM), downloads from ``/out/`` (RETR) and deletion (DELE).
 
 ``/`` holds ``in`` and ``out``; ``/in`` the sender's FTP berichtsoorten; ``/in/<soort>``
 the partial uploads (:mod:`adapters.ftp.partials`); ``/out`` the status files and
-deliveries rendered from PostgreSQL (:mod:`adapters.ftp.outbox`). Invariant: nothing here
+deliveries rendered from PostgreSQL (:mod:`routing.afleveren.ftp`). Invariant: nothing here
 reads the host's file system by a client's path — only the virtual tree of the logged-in
 OIN — and a partial upload that is being written cannot be deleted (450).
 """

@@ -22,7 +22,6 @@ import structlog
 
 from adapters.ftp import metrics
 from adapters.ftp.commands import reply
-from adapters.ftp.outbox import Outbox
 from adapters.ftp.partials import PartialArea
 from adapters.ftp.passive import DataListener, PassivePorts
 from adapters.ftp.paths import Node, PathRefused, classify
@@ -33,6 +32,7 @@ from digipoort.intake import Intake
 from digipoort.payloads import PayloadStore
 from digipoort.pki import CertificateVerifier
 from digipoort.registry_store import RegistryHolder
+from routing.afleveren.ftp import Outbox
 
 log = structlog.get_logger("adapters.ftp.session")  # the name the log lines always had
 

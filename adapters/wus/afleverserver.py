@@ -30,7 +30,6 @@ from aiohttp import web
 from cryptography import x509
 from lxml import etree
 
-from adapters.wus.aflever_client import AFLEVER_ACTION, AFLEVER_RESPONSE_ACTION
 from adapters.wus.component import load_signing_identity
 from adapters.wus.messages import aflever_response
 from adapters.wus.soap import (
@@ -55,6 +54,7 @@ from digipoort.pki import (
     peer_certificate,
     server_ssl_context,
 )
+from routing.afleveren.wus import AFLEVER_ACTION, AFLEVER_RESPONSE_ACTION
 
 log = structlog.get_logger(__name__)
 

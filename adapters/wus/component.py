@@ -13,18 +13,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-from adapters.smtp.relay import SmtpRelay
 from adapters.wus import store
-from adapters.wus.aflever_client import AfleverClient
 from adapters.wus.server import WusService
-from digipoort import archive
 from digipoort.app import Gateway, shares_ports
 from digipoort.config import Settings
 from digipoort.httpguard import GuardedSite, HttpGuard, HttpGuardConfig
 from digipoort.pki import CertificateVerifier
-from digipoort.pki.wiring import PeerCheck, client_context, revocation_service, server_context
 from digipoort.pki.wiring import participant_verifier as _participant_verifier
-from routing.deliverer import Deliverer, wus_sender
+from digipoort.pki.wiring import revocation_service, server_context
 from routing.download import Download
 
 log = structlog.get_logger(__name__)
@@ -32,9 +28,6 @@ log = structlog.get_logger(__name__)
 #: How often stale replay-cache entries are purged (seconds). CRLs and OCSP answers are
 #: refreshed by the process's revocation service (``pki.revocation.refresh_seconds``).
 MAINTENANCE_INTERVAL = 60.0
-#: The deliverer also wakes on NOTIFY and at the next due time; this bounds the rest
-#: (e.g. a circuit breaker turning half-open).
-DELIVERER_POLL_SECONDS = 1.0
 
 
 def load_signing_identity(
@@ -120,49 +113,3 @@ async def start(gateway: Gateway) -> Callable[[], Awaitable[None]]:
 
     return stop
 
-
-async def start_deliverer(gateway: Gateway) -> Callable[[], Awaitable[None]]:
-    """The ``deliverer`` component: push delivery with durable retries, per channel:
-    ``wus`` (AfleverService) and ``smtp`` (SMTP relay to the recipient's MTA)."""
-    s = gateway.settings
-    assert gateway.pool and gateway.registry and gateway.store
-    revocation = revocation_service(s)
-    await revocation.start()
-    outbound = client_context(s)
-    client = AfleverClient(
-        s.resolve(s.pki.cert_file),
-        s.resolve(s.pki.key_file),
-        s.resolve(s.pki.ca_file),
-        participant_verifier(s),
-        timeout=s.aflever.timeout_seconds,
-        ssl_context=outbound,
-        peer_check=PeerCheck(s),
-        archive=archive.recorder(s),
-    )
-    relay = SmtpRelay(
-        s.resolve(s.pki.cert_file),
-        s.resolve(s.pki.key_file),
-        s.resolve(s.pki.ca_file),
-        sender=f"{s.gateway_oin}@{s.smtp.domain}",
-        domain=s.smtp.domain,
-        timeout=s.aflever.timeout_seconds,
-        ssl_context=outbound,
-        peer_check=PeerCheck(s),
-        archive=archive.recorder(s),
-    )
-    deliverer = Deliverer(
-        gateway.pool,
-        gateway.store,
-        gateway.registry,
-        {"wus": wus_sender(client.push), "smtp": relay.send},
-        s,
-        poll_interval=DELIVERER_POLL_SECONDS,
-    )
-    await deliverer.start()
-
-    async def stop() -> None:
-        await deliverer.stop()
-        await client.close()
-        await revocation.stop()
-
-    return stop

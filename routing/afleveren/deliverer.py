@@ -1,13 +1,13 @@
 """The delivery stage for push recipients: durable retries, backoff, circuit breaker.
 
 Deliveries of a push channel (created by the router with status 405) are handed to the
-:data:`Sender` of their channel: ``wus`` to the WUS AfleverService client
-(``adapters/wus/aflever_client.py``, wrapped by :func:`wus_sender`), ``smtp`` to the SMTP
-relay (``adapters/smtp/relay.py``). Schedule, statuses and breaker are the same for every
-channel; a sender only moves bytes and raises :class:`DeliveryFailed` (retried) or
-:class:`DeliveryRefused` (permanent: 410 at once). The schedule lives in ``deliveries``
-(``attempts``, ``next_attempt_at``, ``last_error``), so a restarted gateway resumes it
-where it stood:
+:class:`~routing.afleveren.channel.Channel` of their channel: ``wus`` to the WUS
+AfleverService client (``routing/afleveren/wus.py``), ``smtp`` to the SMTP relay
+(``routing/afleveren/smtp.py``). Schedule, statuses and breaker are the same for every
+channel; a channel only moves bytes: it returns the archived receipt, or raises
+:class:`DeliveryFailed` (retried) or :class:`DeliveryRefused` (permanent: 410 at once).
+The schedule lives in ``deliveries`` (``attempts``, ``next_attempt_at``,
+``last_error``), so a restarted gateway resumes it where it stood:
 
 * a claim takes due rows with ``FOR UPDATE SKIP LOCKED`` (several processes can run the
   ``deliverer``), counts the attempt and leases the row (``next_attempt_at`` moves past
@@ -50,11 +50,9 @@ from uuid import UUID
 
 import asyncpg
 import structlog
-from lxml import etree
 
 from digipoort import db, metrics
 from digipoort.config import Settings
-from digipoort.envelope import EnvelopeRecord
 from digipoort.envelopestore import fetch_envelopes
 from digipoort.payloads import PayloadStore
 from digipoort.registry import Participant
@@ -62,8 +60,33 @@ from digipoort.registry_store import RegistryHolder
 from digipoort.status import Status
 from digipoort.statusstore import write_statuses
 from routing import delivery_metrics
-from routing.aflever_body import RecipientDocument, document_element, recipient_documents
-from routing.delivery_schedule import BreakerState, CircuitBreaker, Decision, after_failure
+from routing.aflever_body import recipient_documents
+from routing.afleveren.channel import (
+    FOUTCODE_REFUSED,
+    Channel,
+    DeliveryFailed,
+    DeliveryRefused,
+    Outgoing,
+    Receipt,
+)
+from routing.afleveren.schedule import BreakerState, CircuitBreaker, Decision, after_failure
+
+__all__ = [
+    "FOUTCODE_GAVE_UP",
+    "FOUTCODE_NO_ENDPOINT",
+    "FOUTCODE_REFUSED",
+    "FOUTCODE_RETRY",
+    "NOTIFY_CHANNEL",
+    "PUSH_CHANNELS",
+    "Channel",
+    "Deliverer",
+    "DeliveryFailed",
+    "DeliveryRefused",
+    "Outgoing",
+    "Receipt",
+    "Sender",
+    "open_breakers",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -77,62 +100,11 @@ NOTIFY_CHANNEL = "digipoort_deliveries"
 FOUTCODE_RETRY = "AFS400"
 FOUTCODE_GAVE_UP = "AFS600"
 FOUTCODE_NO_ENDPOINT = "AFS610"
-FOUTCODE_REFUSED = "AFS620"
 
 
-class DeliveryFailed(Exception):
-    """One push attempt failed; ``reason`` goes into statusdetails (no secrets)."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason[:500]
-
-
-class DeliveryRefused(DeliveryFailed):
-    """The recipient's endpoint refused the delivery permanently (e.g. SMTP 5xx): no
-    more attempts; 410 with ``foutcode`` at once."""
-
-    def __init__(self, reason: str, foutcode: str = FOUTCODE_REFUSED) -> None:
-        super().__init__(reason)
-        self.foutcode = foutcode
-
-
-@dataclass(frozen=True)
-class Outgoing:
-    """What a sender gets for one attempt: the recipient, the envelope and its documents
-    as the recipient receives them (large ones as Grote Berichten references)."""
-
-    participant: Participant
-    record: EnvelopeRecord
-    documents: list[RecipientDocument]
-    attempt: int
-
-    @property
-    def kenmerk(self) -> UUID:
-        return self.record.kenmerk
-
-    def aflever_request(self) -> bytes:
-        """The afleverRequest document (the same a queue recipient receives)."""
-        element = document_element(self.record, self.documents)
-        return etree.tostring(element, xml_declaration=True, encoding="UTF-8")
-
-
-Sender = Callable[[Outgoing], Awaitable[None]]
-"""Deliver one envelope over one channel; raise :class:`DeliveryFailed` (retried) or
-:class:`DeliveryRefused` (permanent)."""
-
-Pusher = Callable[[Participant, UUID, bytes], Awaitable[None]]
-"""Push one afleverRequest to a participant; raise :class:`DeliveryFailed`."""
-
-
-def wus_sender(pusher: Pusher) -> Sender:
-    """The ``wus`` channel: the afleverRequest pushed to the recipient's AfleverService."""
-
-    async def send(out: Outgoing) -> None:
-        await pusher(out.participant, out.kenmerk, out.aflever_request())
-
-    return send
-
+Sender = Callable[[Outgoing], Awaitable[object]]
+"""Deliver one envelope over one channel (a :class:`Channel`'s bound ``deliver``); raise
+:class:`DeliveryFailed` (retried) or :class:`DeliveryRefused` (permanent)."""
 
 @dataclass(frozen=True)
 class Claim:

@@ -1,4 +1,5 @@
-"""The gateway's WUS AfleverService client: pushes one afleverRequest to a recipient.
+"""The ``wus`` channel: the gateway's AfleverService client pushes one afleverRequest to
+a recipient.
 
 SOAP 1.1 + WS-Addressing (To = the recipient's URL, a fresh MessageID, Action
 ``…/afleverservice/1.2/AfleverService/afleverenRequest``), WS-Security signed with the
@@ -9,7 +10,12 @@ against the revocation service's CRLs, and after it by :class:`~digipoort.pki.wi
 which also sees OCSP). Success is only a valid afleverResponse: HTTP 200,
 signature valid, RelatesTo = our MessageID, the signing certificate trusted (chain, CRL)
 and carrying **that recipient's OIN**, and the response's kenmerk = ours. Everything else
-raises :class:`routing.deliverer.DeliveryFailed` with a short reason (retried, 420).
+raises :class:`routing.afleveren.channel.DeliveryFailed` with a short reason (retried, 420);
+the receipt (the signed afleverResponse) is archived before it counts.
+
+SOAP envelopes and WS-Security come from ``adapters/wus/soap.py``, ``wsprofile.py``,
+``wssign.py`` and ``wsverify.py`` for now: shared protocol code of ingress and egress that
+belongs in the ground layer (``digipoort/``); see ``tests/test_layering.py``.
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ from digipoort.config import redact_url
 from digipoort.pki import CertificateRejected, CertificateVerifier, client_ssl_context
 from digipoort.pki.wiring import PeerCheck, PeerRejected
 from digipoort.registry import Participant
-from routing.deliverer import DeliveryFailed
+from routing.afleveren.channel import DeliveryFailed, Outgoing, Receipt, archive_receipt
 
 __all__ = ["AFLEVER_ACTION", "AfleverClient"]
 
@@ -105,12 +111,16 @@ class AfleverClient:
             )
         return self._session
 
-    async def push(self, participant: Participant, kenmerk: UUID, body: bytes) -> None:
-        """The ``Pusher`` of the deliverer."""
+    async def deliver(self, out: Outgoing) -> Receipt:
+        """The :class:`~routing.afleveren.channel.Channel` method: the afleverRequest."""
+        return await self.push(out.participant, out.kenmerk, out.aflever_request())
+
+    async def push(self, participant: Participant, kenmerk: UUID, body: bytes) -> Receipt:
+        """One afleverRequest to a participant's registered AfleverService."""
         url = participant.aflever.url
         if not url:
             raise DeliveryFailed("geen URL van de afleverservice geregistreerd")
-        await self.afleveren(url, participant.oin, kenmerk, body)
+        return await self.afleveren(url, participant.oin, kenmerk, body)
 
     def sign(self, url: str, body: bytes) -> tuple[str, bytes]:
         message_id = new_message_id()
@@ -119,7 +129,9 @@ class AfleverClient:
         )
         return message_id, sign_envelope(envelope, self._key, self._certificate)
 
-    async def afleveren(self, url: str, recipient_oin: str, kenmerk: UUID, body: bytes) -> None:
+    async def afleveren(
+        self, url: str, recipient_oin: str, kenmerk: UUID, body: bytes
+    ) -> Receipt:
         message_id, request = await asyncio.to_thread(self.sign, url, body)
         headers = {"Content-Type": "text/xml; charset=utf-8", "SOAPAction": f'"{AFLEVER_ACTION}"'}
         try:
@@ -144,10 +156,14 @@ class AfleverClient:
         # BinarySecurityToken); aiohttp has released the connection by now: no TLS facts
         archived = self._archive.exchange("wus")
         sent = {"url": redact_url(url), "request_sha256": hashlib.sha256(request).hexdigest()}
-        if not await archived.received(
-            "aflever.wus.receipt", answer, oin=recipient_oin, kenmerk=kenmerk, **sent
-        ):  # delivered only once the receipt is archived (docs/archive.md)
-            raise DeliveryFailed("afleverResponse niet gearchiveerd: archief niet beschikbaar")
+        # delivered only once the receipt is archived (docs/archive.md)
+        return await archive_receipt(
+            archived,
+            Receipt("aflever.wus.receipt", answer, sent),
+            oin=recipient_oin,
+            kenmerk=kenmerk,
+            unavailable="afleverResponse niet gearchiveerd: archief niet beschikbaar",
+        )
 
     def check_response(
         self, status: int, answer: bytes, message_id: str, recipient_oin: str, kenmerk: UUID

@@ -1,4 +1,6 @@
-"""``/out/``: status files and deliveries, rendered from PostgreSQL on LIST/RETR.
+"""The ``ftp`` channel: ``/out/``, status files and deliveries rendered from PostgreSQL on
+LIST/RETR. A pull channel: the FTP session (``adapters/ftp/session.py``) serves it when
+the recipient collects, so it has no ``deliver`` and no receipt (docs/archive.md).
 
 * ``<aanleverkenmerk>.<kenmerk>.status.xml`` for every envelope the participant submitted
   over FTP: the status history as an ``ArrayOfStatusResultaat`` (koppelvlak XSD), in

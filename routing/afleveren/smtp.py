@@ -22,6 +22,9 @@ failed attempt (:class:`DeliveryFailed`, retried: 420); a 5xx reply is a permane
 refusal (:class:`DeliveryRefused`: 410 ``AFS620`` at once).
 
 ``build_relay_mail`` and ``parse_relay_url`` are pure; :class:`SmtpRelay` is the I/O.
+The MIME building stays here (it is this channel's own format); only the subject line is
+shared with the SMTP koppelvlak and comes from ``adapters/smtp/subject.py`` for now (it
+belongs in the ground layer; see ``tests/test_layering.py``).
 """
 
 from __future__ import annotations
@@ -49,7 +52,13 @@ from digipoort.envelope import EnvelopeRecord
 from digipoort.pki import CertificateRejected, client_ssl_context
 from digipoort.pki.wiring import PeerCheck
 from routing.aflever_body import RecipientDocument
-from routing.deliverer import DeliveryFailed, DeliveryRefused, Outgoing
+from routing.afleveren.channel import (
+    DeliveryFailed,
+    DeliveryRefused,
+    Outgoing,
+    Receipt,
+    archive_receipt,
+)
 
 __all__ = [
     "RelayTarget",
@@ -181,7 +190,7 @@ def _tls_reason(exc: ssl.SSLError) -> str:
 
 
 class SmtpRelay:
-    """The ``smtp`` :data:`routing.deliverer.Sender`."""
+    """The ``smtp`` :class:`~routing.afleveren.channel.Channel`."""
 
     def __init__(
         self,
@@ -203,7 +212,11 @@ class SmtpRelay:
         self._domain = domain
         self._timeout = timeout
 
-    async def send(self, out: Outgoing) -> None:
+    async def deliver(self, out: Outgoing) -> Receipt:
+        """The :class:`~routing.afleveren.channel.Channel` method (= :meth:`send`)."""
+        return await self.send(out)
+
+    async def send(self, out: Outgoing) -> Receipt:
         url = out.participant.aflever.url or ""
         try:
             target = parse_relay_url(url)
@@ -223,16 +236,14 @@ class SmtpRelay:
             "mta": f"{target.host}:{target.port}",
             "mail_sha256": hashlib.sha256(data).hexdigest(),
         }
-        if not await archived.received(
-            "aflever.smtp.reply",
-            final.encode(),
+        # delivered only once the final reply is archived (docs/archive.md)
+        receipt = await archive_receipt(
+            archived,
+            Receipt("aflever.smtp.reply", final.encode(), sent),
             oin=out.participant.oin,
             kenmerk=out.kenmerk,
-            **sent,
-        ):  # delivered only once the final reply is archived (docs/archive.md)
-            raise DeliveryFailed(
-                "eindantwoord van de MTA niet gearchiveerd: archief niet beschikbaar"
-            )
+            unavailable="eindantwoord van de MTA niet gearchiveerd: archief niet beschikbaar",
+        )
         log.info(
             "smtp.relay.delivered",
             kenmerk=str(out.kenmerk),
@@ -240,6 +251,7 @@ class SmtpRelay:
             mta=f"{target.host}:{target.port}",
             size=len(data),
         )
+        return receipt
 
     async def _check_peer(self, smtp: aiosmtplib.SMTP) -> None:
         """The MTA's certificate, checked for revocation (CRL and OCSP) before any mail."""
