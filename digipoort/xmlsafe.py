@@ -168,7 +168,7 @@ def parse(
 # Canonicalization (XML-DSig, exclusive c14n) renders, for every element, the namespaces in
 # scope: its cost grows with elements x declarations, so 12 000 declarations in a 290 KB
 # envelope cost seconds of CPU. These two bounds make that cost small before any c14n runs;
-# the SOAP parser (adapters/wus/soap.py) applies them with tighter limits.
+# the SOAP parser (digipoort/wus/soap.py) applies them with tighter limits.
 
 
 class _CountNamespaces:

@@ -34,11 +34,11 @@ from aiohttp import web
 from hdrh.histogram import HdrHistogram
 
 from adapters.wus.client import Bijlage, WusClient, aanlever_request
-from adapters.wus.soap import AANLEVERSERVICE_NS
 from adapters.wus.wsdl import AANLEVER_PATH
 from digipoort import logging as dlogging
 from digipoort.devenv import ALFA
 from digipoort.pki import server_ssl_context
+from digipoort.wus.soap import AANLEVERSERVICE_NS
 from tests.support import (
     SAMPLES,
     Env,

@@ -18,11 +18,11 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from adapters.wus.client import WusClient, WusFault
 from adapters.wus.codes import FAULT_NUMBERS
-from adapters.wus.soap import AANLEVERSERVICE_NS, KOPPELVLAK_NS
 from adapters.wus.wsdl import AANLEVER_PATH
 from digipoort.archive.show import Found, find
 from digipoort.archive.verify import verify
 from digipoort.cli import main as cli_main
+from digipoort.wus.soap import AANLEVERSERVICE_NS, KOPPELVLAK_NS
 from tests.support import ALFA, BELASTINGDIENST, SAMPLES, Env, free_port, wait_for
 from tests.test_afleveren_push import aflever_server, make_push_recipient
 from tests.test_afleveren_push import fast_retries as fast_push

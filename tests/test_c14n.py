@@ -1,4 +1,4 @@
-"""Exclusive c14n (adapters.wus.c14n): the pure-Python rendering used for a PrefixList
+"""Exclusive c14n (digipoort.wus.c14n): the pure-Python rendering used for a PrefixList
 holding ``#default`` agrees with libxml2 on generated documents."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from lxml import etree
 
-from adapters.wus.c14n import exc_c14n_python
+from digipoort.wus.c14n import exc_c14n_python
 
 
 @st.composite

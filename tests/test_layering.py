@@ -24,15 +24,10 @@ def test_opsmetrics_does_not_import_the_app() -> None:
 
 ROOT = Path(__file__).resolve().parent.parent
 
-#: routing/ modules that still use protocol code living in adapters/ today. Both are shared
-#: by ingress and egress and belong in the ground layer (digipoort/): the SOAP envelope and
-#: WS-Security (adapters/wus/wsprofile.py, wssign.py, wsverify.py), and the SMTP subject
-#: convention. Nothing may be added here.
+#: routing/ modules that still use protocol code living in adapters/ today: the SMTP
+#: subject convention (it raises the SMTP adapter's MailRefused). The WUS protocol code
+#: (SOAP envelope, WS-Security) moved to digipoort/wus/. Nothing may be added here.
 ALLOWED_ROUTING_TO_ADAPTERS = {
-    ("routing/afleveren/wus.py", "adapters.wus.soap"),
-    ("routing/afleveren/wus.py", "adapters.wus.wsprofile"),
-    ("routing/afleveren/wus.py", "adapters.wus.wssign"),
-    ("routing/afleveren/wus.py", "adapters.wus.wsverify"),
     ("routing/afleveren/smtp.py", "adapters.smtp.subject"),
 }
 

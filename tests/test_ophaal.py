@@ -14,10 +14,10 @@ import pytest
 from lxml import etree
 
 from adapters.wus.client import WusClient, WusFault
-from adapters.wus.soap import KOPPELVLAK_NS, OPHAALSERVICE_NS
 from adapters.wus.wsdl import OPHAAL_PATH
 from digipoort.app import Gateway
 from digipoort.pki import client_ssl_context
+from digipoort.wus.soap import KOPPELVLAK_NS, OPHAALSERVICE_NS
 from routing.grote_berichten import REFERENCE_MIME_TYPE, parse_reference
 from tests.support import (
     ALFA,

@@ -11,9 +11,9 @@ import pytest
 from lxml import etree
 
 from adapters.wus.response_signing import ResponseSigner
-from adapters.wus.soap import WSA_ANONYMOUS, build_envelope, parse_envelope
-from adapters.wus.wssign import sign_envelope
-from adapters.wus.wsverify import verify_envelope
+from digipoort.wus.soap import WSA_ANONYMOUS, build_envelope, parse_envelope
+from digipoort.wus.wssign import sign_envelope
+from digipoort.wus.wsverify import verify_envelope
 from tests.test_wssecurity import (
     ACTION,
     ID_ARGS,

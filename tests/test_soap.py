@@ -1,4 +1,4 @@
-"""SOAP 1.1 / WS-Addressing envelope handling (adapters.wus.soap): parsing, hardening,
+"""SOAP 1.1 / WS-Addressing envelope handling (digipoort.wus.soap): parsing, hardening,
 building requests and faults shaped like the observed Digipoort responses."""
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
-from adapters.wus.soap import (
+from adapters.wus.zetstatus import EXTRA_OPERATIONS
+from digipoort.wus.soap import (
     AANLEVERSERVICE_NS,
     FAULT_DETAIL_ELEMENTS,
     KOPPELVLAK_NS,
@@ -26,7 +27,6 @@ from adapters.wus.soap import (
     operation_for_action,
     parse_envelope,
 )
-from adapters.wus.zetstatus import EXTRA_OPERATIONS
 
 SPECS = Path("/work/shared/specs/wus")
 OUR_WSDLS = Path(__file__).resolve().parents[1] / "adapters/wus/specs/wsdl"

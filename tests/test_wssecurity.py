@@ -1,4 +1,4 @@
-"""WS-Security (adapters.wus.wssign, adapters.wus.wsverify): signing, verification, every
+"""WS-Security (digipoort.wus.wssign, digipoort.wus.wsverify): signing, verification, every
 refusal provoked by a concrete tampering, interoperability with xmlsec1 and the observed
 Digipoort responses, and fuzzing. Exclusive c14n itself: tests/test_c14n.py."""
 
@@ -29,8 +29,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from lxml import etree
 
-from adapters.wus import wsprofile
-from adapters.wus.soap import (
+from digipoort.wus import wsprofile
+from digipoort.wus.soap import (
     AANLEVERSERVICE_NS,
     DS_NS,
     EXC_C14N_NS,
@@ -44,9 +44,9 @@ from adapters.wus.soap import (
     build_envelope,
     parse_envelope,
 )
-from adapters.wus.wsprofile import DIGEST_SHA1, RSA_SHA256, WSSecurityError
-from adapters.wus.wssign import sign_envelope
-from adapters.wus.wsverify import VerifiedSecurity, verify_envelope
+from digipoort.wus.wsprofile import DIGEST_SHA1, RSA_SHA256, WSSecurityError
+from digipoort.wus.wssign import sign_envelope
+from digipoort.wus.wsverify import VerifiedSecurity, verify_envelope
 
 OBSERVED = Path("/work/shared/specs/wus/observed")
 needs_observed = pytest.mark.skipif(not OBSERVED.is_dir(), reason="observed messages missing")

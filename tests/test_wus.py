@@ -31,7 +31,10 @@ from lxml import etree
 
 from adapters.wus import conformance
 from adapters.wus.client import Bijlage, WusClient, WusFault, aanlever_request
-from adapters.wus.soap import (
+from adapters.wus.wsdl import AANLEVER_PATH, STATUS_PATH
+from digipoort import metrics
+from digipoort.cli import main as cli_main
+from digipoort.wus.soap import (
     AANLEVERSERVICE_NS,
     DS_NS,
     KOPPELVLAK_NS,
@@ -42,10 +45,7 @@ from adapters.wus.soap import (
     WSU_NS,
     build_envelope,
 )
-from adapters.wus.wsdl import AANLEVER_PATH, STATUS_PATH
-from adapters.wus.wssign import sign_envelope
-from digipoort import metrics
-from digipoort.cli import main as cli_main
+from digipoort.wus.wssign import sign_envelope
 from tests.support import (
     ALFA,
     BELASTINGDIENST,

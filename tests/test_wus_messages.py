@@ -19,7 +19,7 @@ from adapters.wus.messages import (
     parse_aanlever_request,
     parse_status_request,
 )
-from adapters.wus.soap import KOPPELVLAK_NS
+from digipoort.wus.soap import KOPPELVLAK_NS
 
 KV = f"{{{KOPPELVLAK_NS}}}"
 ALFA = "00000099100000010000"

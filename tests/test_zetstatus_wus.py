@@ -10,10 +10,10 @@ import pytest
 from lxml import etree
 
 from adapters.wus.client import WusClient, WusFault
-from adapters.wus.soap import KOPPELVLAK_NS
 from adapters.wus.wsdl import STATUSSERVICE_PATH
 from adapters.wus.zetstatus import ZET_STATUS
 from digipoort.pki import client_ssl_context
+from digipoort.wus.soap import KOPPELVLAK_NS
 from routing.statusreports import build_zet_status
 from tests.support import ALFA, BELASTINGDIENST, BETA, Env, aanlevering
 

@@ -32,19 +32,6 @@ from lxml import etree
 
 from adapters.wus.component import load_signing_identity
 from adapters.wus.messages import aflever_response
-from adapters.wus.soap import (
-    AFLEVERSERVICE_NS,
-    KOPPELVLAK_NS,
-    WSA_ANONYMOUS,
-    ParsedEnvelope,
-    SoapError,
-    build_envelope,
-    build_fault,
-    parse_envelope,
-)
-from adapters.wus.wsprofile import WSSecurityError
-from adapters.wus.wssign import sign_envelope
-from adapters.wus.wsverify import verify_envelope
 from digipoort.clikit import stop_on_signals
 from digipoort.httpguard import GuardedSite, HttpGuard, HttpGuardConfig
 from digipoort.pki import (
@@ -54,6 +41,19 @@ from digipoort.pki import (
     peer_certificate,
     server_ssl_context,
 )
+from digipoort.wus.soap import (
+    AFLEVERSERVICE_NS,
+    KOPPELVLAK_NS,
+    WSA_ANONYMOUS,
+    ParsedEnvelope,
+    SoapError,
+    build_envelope,
+    build_fault,
+    parse_envelope,
+)
+from digipoort.wus.wsprofile import WSSecurityError
+from digipoort.wus.wssign import sign_envelope
+from digipoort.wus.wsverify import verify_envelope
 from routing.afleveren.wus import AFLEVER_ACTION, AFLEVER_RESPONSE_ACTION
 
 log = structlog.get_logger(__name__)

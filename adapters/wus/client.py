@@ -24,7 +24,10 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import Encoding, load_pem_private_key
 from lxml import etree
 
-from adapters.wus.soap import (
+from adapters.wus.wsdl import AANLEVER_PATH, STATUS_PATH
+from digipoort.clienterrors import ClientError, diagnose
+from digipoort.pki import client_ssl_context
+from digipoort.wus.soap import (
     AANLEVERSERVICE_NS,
     KOPPELVLAK_NS,
     SOAP11_NS,
@@ -34,12 +37,9 @@ from adapters.wus.soap import (
     new_message_id,
     parse_envelope,
 )
-from adapters.wus.wsdl import AANLEVER_PATH, STATUS_PATH
-from adapters.wus.wsprofile import WSSecurityError
-from adapters.wus.wssign import sign_envelope
-from adapters.wus.wsverify import verify_envelope
-from digipoort.clienterrors import ClientError, diagnose
-from digipoort.pki import client_ssl_context
+from digipoort.wus.wsprofile import WSSecurityError
+from digipoort.wus.wssign import sign_envelope
+from digipoort.wus.wsverify import verify_envelope
 
 __all__ = ["CLI", "Bijlage", "WusClient", "WusError", "WusFault"]
 

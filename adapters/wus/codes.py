@@ -3,7 +3,7 @@
 A refusal has a *kind*; the aanleverservice answers with ``ALS<n>`` in an aanleverFault,
 the statusinformatieservice with ``STS<n>`` in a statusinformatieFault, where ``<n>`` is
 the same number for the same kind. Faults are SOAP 1.1 faults shaped like the observed
-Digipoort ones (``adapters.wus.soap.build_fault``) and are not signed.
+Digipoort ones (``digipoort.wus.soap.build_fault``) and are not signed.
 """
 
 from __future__ import annotations

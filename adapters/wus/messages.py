@@ -17,9 +17,9 @@ from typing import Any, Final
 
 from lxml import etree
 
-from adapters.wus.soap import KOPPELVLAK_NS
 from digipoort.envelope import Document, Identiteit
 from digipoort.status import Status
+from digipoort.wus.soap import KOPPELVLAK_NS
 
 __all__ = [
     "INHOUD_MAX_BYTES",

@@ -31,7 +31,6 @@ from adapters.wus.messages import (
     _sub_identiteit,
     parse_query_fields,
 )
-from adapters.wus.soap import KOPPELVLAK_NS
 from digipoort import metrics
 from digipoort.config import Settings
 from digipoort.envelope import Identiteit
@@ -39,6 +38,7 @@ from digipoort.envelopestore import fetch_envelopes
 from digipoort.payloads import PayloadStore
 from digipoort.status import Status
 from digipoort.statusstore import write_statuses
+from digipoort.wus.soap import KOPPELVLAK_NS
 from routing.aflever_body import aflever_document
 
 log = structlog.get_logger(__name__)

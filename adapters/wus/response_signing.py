@@ -10,7 +10,7 @@ and the signature value are computed; the payload is serialised once. Everything
 (namespace declarations, the token, ids, the To and Action references) is fixed per
 signer, algorithm and action.
 
-The output is what :func:`adapters.wus.wssign.sign_envelope` makes of
+The output is what :func:`digipoort.wus.wssign.sign_envelope` makes of
 ``build_envelope(...)`` up to namespace declarations and wsu:Id values: the same elements,
 order, algorithms and references (``tests/test_response_signing.py`` checks both with our
 verifier and with xmlsec1). A payload that itself uses the ``soapenv`` or ``wsu`` prefix
@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 from lxml import etree
 
-from .soap import (
+from digipoort.wus.soap import (
     DS_NS,
     EXC_C14N_NS,
     SOAP11_NS,
@@ -42,7 +42,7 @@ from .soap import (
     build_envelope,
     new_message_id,
 )
-from .wsprofile import (
+from digipoort.wus.wsprofile import (
     BASE64_BINARY,
     DIGEST_SHA1,
     DIGEST_SHA256,
@@ -50,7 +50,7 @@ from .wsprofile import (
     RSA_SHA256,
     X509V3,
 )
-from .wssign import sign_envelope
+from digipoort.wus.wssign import sign_envelope
 
 __all__ = ["ResponseSigner"]
 

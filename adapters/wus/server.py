@@ -43,17 +43,7 @@ from adapters.wus.codes import FAULT_NUMBERS, Kind, Refusal
 from adapters.wus.ophaal import OPERATIONS as OPHAAL_OPERATIONS
 from adapters.wus.ophaal import Ophaalservice
 from adapters.wus.response_signing import ResponseSigner
-from adapters.wus.soap import (
-    ParsedEnvelope,
-    SoapError,
-    WusOperation,
-    build_fault,
-    operation_for_action,
-    parse_envelope,
-)
 from adapters.wus.wsdl import SERVICES, XSD_NAME, Service, render_wsdl, xsd
-from adapters.wus.wsprofile import WSSecurityError
-from adapters.wus.wsverify import VerifiedSecurity, verify_envelope
 from adapters.wus.zetstatus import EXTRA_OPERATIONS, ZET_STATUS, zet_status
 from digipoort import archive, metrics
 from digipoort.config import Settings
@@ -65,6 +55,16 @@ from digipoort.pki import CertificateRejected, CertificateVerifier, peer_certifi
 from digipoort.registry import Weigering
 from digipoort.registry_store import RegistryHolder
 from digipoort.status import now
+from digipoort.wus.soap import (
+    ParsedEnvelope,
+    SoapError,
+    WusOperation,
+    build_fault,
+    operation_for_action,
+    parse_envelope,
+)
+from digipoort.wus.wsprofile import WSSecurityError
+from digipoort.wus.wsverify import VerifiedSecurity, verify_envelope
 
 log = structlog.get_logger(__name__)
 

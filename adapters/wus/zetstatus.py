@@ -18,8 +18,8 @@ from lxml import etree
 
 from adapters.wus.codes import Refusal
 from adapters.wus.messages import zet_status_response
-from adapters.wus.soap import WusOperation, operations_by_action
 from digipoort import metrics
+from digipoort.wus.soap import WusOperation, operations_by_action
 from routing.statusreports import Refused, parse_zet_status, record_zet_status
 
 STATUSSERVICE_NS: Final = "http://logius.nl/digipoort/wus/2.0/statusservice/1.2/"

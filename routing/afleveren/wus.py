@@ -13,7 +13,7 @@ and carrying **that recipient's OIN**, and the response's kenmerk = ours. Everyt
 raises :class:`routing.afleveren.channel.DeliveryFailed` with a short reason (retried, 420);
 the receipt (the signed afleverResponse) is archived before it counts.
 
-SOAP envelopes and WS-Security come from ``adapters/wus/soap.py``, ``wsprofile.py``,
+SOAP envelopes and WS-Security come from ``digipoort/wus/soap.py``, ``wsprofile.py``,
 ``wssign.py`` and ``wsverify.py`` for now: shared protocol code of ingress and egress that
 belongs in the ground layer (``digipoort/``); see ``tests/test_layering.py``.
 """
@@ -33,7 +33,12 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from lxml import etree
 
-from adapters.wus.soap import (
+from digipoort.archive import Recorder, disabled
+from digipoort.config import redact_url
+from digipoort.pki import CertificateRejected, CertificateVerifier, client_ssl_context
+from digipoort.pki.wiring import PeerCheck, PeerRejected
+from digipoort.registry import Participant
+from digipoort.wus.soap import (
     AFLEVERSERVICE_NS,
     KOPPELVLAK_NS,
     SOAP11_NS,
@@ -42,14 +47,9 @@ from adapters.wus.soap import (
     new_message_id,
     parse_envelope,
 )
-from adapters.wus.wsprofile import WSSecurityError
-from adapters.wus.wssign import sign_envelope
-from adapters.wus.wsverify import verify_envelope
-from digipoort.archive import Recorder, disabled
-from digipoort.config import redact_url
-from digipoort.pki import CertificateRejected, CertificateVerifier, client_ssl_context
-from digipoort.pki.wiring import PeerCheck, PeerRejected
-from digipoort.registry import Participant
+from digipoort.wus.wsprofile import WSSecurityError
+from digipoort.wus.wssign import sign_envelope
+from digipoort.wus.wsverify import verify_envelope
 from routing.afleveren.channel import DeliveryFailed, Outgoing, Receipt, archive_receipt
 
 __all__ = ["AFLEVER_ACTION", "AfleverClient"]

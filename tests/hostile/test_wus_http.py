@@ -25,17 +25,17 @@ from lxml import etree
 
 from adapters.wus.afleverserver import AfleverServer
 from adapters.wus.client import Bijlage, WusClient
-from adapters.wus.soap import (
+from digipoort import httpguard
+from digipoort.httpguard import HTTP_REFUSALS, HttpGuardConfig
+from digipoort.pki import client_ssl_context
+from digipoort.wus.soap import (
     KOPPELVLAK_NS,
     SOAP11_NS,
     WSA_FAULT_ACTION,
     WSA_NS,
     build_envelope,
 )
-from adapters.wus.wssign import sign_envelope
-from digipoort import httpguard
-from digipoort.httpguard import HTTP_REFUSALS, HttpGuardConfig
-from digipoort.pki import client_ssl_context
+from digipoort.wus.wssign import sign_envelope
 from routing.statusreports import build_zet_status
 from tests.support import ALFA, BELASTINGDIENST, Env, free_port, wait_for
 from tests.test_wus import omzetbelasting_request

@@ -4,8 +4,8 @@ Invariant: :func:`verify_envelope` returns only when one signature, by the RSA k
 (>= 2048 bits) of the BinarySecurityToken it references directly, covers the Body, the
 Timestamp and every WS-Addressing header *in their proper places* (no wrapping: a second
 Body, a duplicated Id or a reference to an element out of place is refused), with only
-exclusive c14n and the algorithms of :mod:`adapters.wus.wsprofile`; otherwise it raises
-:class:`~adapters.wus.wsprofile.WSSecurityError` with a short code. The checks run
+exclusive c14n and the algorithms of :mod:`digipoort.wus.wsprofile`; otherwise it raises
+:class:`~digipoort.wus.wsprofile.WSSecurityError` with a short code. The checks run
 cheapest first; the RSA operation and the digests come last.
 
 It proves only that the message was signed by the key of the embedded certificate;

@@ -2,10 +2,10 @@
 signer and verifier accept, and the error they raise. Pure, no I/O.
 
 Invariant: only the algorithms listed in :data:`SIGNATURE_METHODS` / :data:`DIGEST_METHODS`
-(RSA with SHA-1/2; no HMAC, DSA or ECDSA) exist for :mod:`adapters.wus.wsverify`; a
+(RSA with SHA-1/2; no HMAC, DSA or ECDSA) exist for :mod:`digipoort.wus.wsverify`; a
 :class:`WSSecurityError` carries a short machine-readable ``code`` and never key material.
-Signing is :mod:`adapters.wus.wssign`, verifying :mod:`adapters.wus.wsverify`, exclusive
-c14n :mod:`adapters.wus.c14n`. See ``docs/wus-security.md``.
+Signing is :mod:`digipoort.wus.wssign`, verifying :mod:`digipoort.wus.wsverify`, exclusive
+c14n :mod:`digipoort.wus.c14n`. See ``docs/wus-security.md``.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Pure, no I/O.
 Invariant: the output carries one wsse:Security (mustUnderstand="1", first header) with a
 wsu:Timestamp, the X.509v3 BinarySecurityToken of the key that signs, and one ds:Signature
 (exclusive c14n) referencing the Timestamp, every WS-Addressing header and the Body — the
-profile :func:`adapters.wus.wsverify.verify_envelope` demands. The input is not modified;
+profile :func:`digipoort.wus.wsverify.verify_envelope` demands. The input is not modified;
 a key that does not match the certificate is refused before anything is signed.
 Answers of the gateway itself mostly take the faster template path
 (:mod:`adapters.wus.response_signing`), which produces the same shape.
