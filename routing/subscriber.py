@@ -41,6 +41,7 @@ from lxml import etree
 
 from digipoort import brokerconn
 from digipoort.broker import aflever_queue
+from digipoort.payloads import fsync_dir
 from digipoort.xmlsafe import XmlLimits, XmlRejected, parse
 from routing.afleverrequest import NS
 from routing.fetcher import FetchFailed, ReferenceFetcher
@@ -166,12 +167,6 @@ def _write_file(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def store(out_dir: Path, body: bytes, message_id: str | None) -> Stored:
@@ -223,7 +218,7 @@ def store_parsed(out_dir: Path, meta: dict[str, Any], docs: list[_Doc]) -> Store
             )
         meta["documents"] = documents
         _write_file(tmp / METADATA, json.dumps(meta, indent=2).encode())
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         try:
             os.rename(tmp, final)
         except OSError:
@@ -231,7 +226,7 @@ def store_parsed(out_dir: Path, meta: dict[str, Any], docs: list[_Doc]) -> Store
                 shutil.rmtree(tmp, ignore_errors=True)
                 return Stored(kenmerk, str(meta["berichtsoort"]), duplicate=True)
             raise
-        _fsync_dir(out_dir)
+        fsync_dir(out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -246,7 +241,7 @@ def quarantine(out_dir: Path, body: bytes, message_id: str | None) -> Path:
     tmp = directory / f".{name}.tmp"
     _write_file(tmp, body)
     os.replace(tmp, directory / name)
-    _fsync_dir(directory)
+    fsync_dir(directory)
     return directory / name
 
 

@@ -34,6 +34,7 @@ from adapters.wus.component import load_signing_identity
 from adapters.wus.messages import aflever_response
 from digipoort.clikit import stop_on_signals
 from digipoort.httpguard import GuardedSite, HttpGuard, HttpGuardConfig
+from digipoort.payloads import fsync_dir
 from digipoort.pki import (
     CertificateRejected,
     CertificateVerifier,
@@ -195,7 +196,7 @@ class AfleverServer:
             for i, (name, content) in enumerate(documents):
                 _write(tmp / f"{i}-{name}", content)
             os.rename(tmp, target)  # atomic; fails if a concurrent request won
-            _fsync_dir(self.out_dir)
+            fsync_dir(self.out_dir)
         except OSError:
             shutil.rmtree(tmp, ignore_errors=True)
             if not target.exists():
@@ -240,12 +241,6 @@ def _write(path: Path, data: bytes) -> None:
         os.fsync(fh.fileno())
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 _FILE = click.Path(path_type=Path, dir_okay=False, exists=True)
