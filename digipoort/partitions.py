@@ -1,8 +1,9 @@
 """Monthly partitions of the history tables: create ahead, find expired months, export,
 purge (docs/reliability.md, "Retention and partitions").
 
-Every table listed in ``history_tables`` (migration 012) is RANGE-partitioned by kenmerk;
-kenmerken are UUIDv7, so a month is the uuid range [bound(month), bound(next month)).
+Every table listed in ``history_tables`` (migration 012; ``pop3_mailbox`` added by 017) is
+RANGE-partitioned by kenmerk; kenmerken are UUIDv7, so a month is the uuid range
+[bound(month), bound(next month)).
 A month is purged by detaching its partition of every table (a catalog change under a
 short ``lock_timeout``, retried) and dropping the detached tables: no row-by-row delete.
 """

@@ -19,6 +19,7 @@ import asyncpg
 import pytest
 import pytest_asyncio
 
+from adapters.smtp import store as smtp_store
 from adapters.wus import store as wus_store
 from digipoort import db, partitions
 from digipoort.config import HistoryConfig
@@ -212,7 +213,11 @@ async def test_migration_converts_a_populated_database(own_db: str) -> None:
         )
         assert await conn.fetchval("SELECT min(id) FROM statuses WHERE kenmerk = $1", k) > max_id
         # creating the stray's month moves it (and its children) out of the default
-        assert await partitions.create_month(conn, future) == 8
+        # every history table (pop3_mailbox too since migration 017)
+        assert await partitions.create_month(conn, future) == len(
+            await partitions.history_tables(conn)
+        )
+        assert "pop3_mailbox" in (await partitions.partitions(conn))[future.suffix]
         for table in ("envelopes", "statuses", "documents", "deliveries"):
             assert (
                 await conn.fetchval(
@@ -418,6 +423,110 @@ async def test_cli_exports_and_purges_a_past_month(own_db: str, tmp_path: Path) 
         assert await conn.fetchval("SELECT export_path FROM history_purges") == str(
             tmp_path / str(past)
         )
+    finally:
+        await conn.close()
+
+
+async def test_mailbox_rows_go_with_their_month(own_db: str, tmp_path: Path) -> None:
+    """Migration 017 partitions a populated pop3_mailbox (rows without a kenmerk get their
+    status's, or their creation month's); exporting and purging a month take its mailbox
+    rows with it, and the owner's POP3 listing still shows the rest."""
+    current = Month.of(datetime.now(UTC))
+    past = current.plus(-2)
+    conn = await db.connect(own_db)
+    try:
+        await conn.execute(f"SET digipoort.partitions_from = '{current.plus(-3)}-01'")
+        await _migrate(conn, until="017")
+        k_past, at_past = _kenmerk_in(past)
+        await _insert(conn, k_past, at=at_past)
+        k_now = new_kenmerk()
+        await _insert(conn, k_now, at=datetime.now(UTC))
+        past_status = await conn.fetchval("SELECT min(id) FROM statuses WHERE kenmerk = $1", k_past)
+        now_status = await conn.fetchval("SELECT min(id) FROM statuses WHERE kenmerk = $1", k_now)
+        rows = [  # (uid, status_id, kenmerk, created_at)
+            ("past-with-kenmerk", past_status, k_past, at_past),
+            ("past-from-status", past_status + 1, None, at_past),
+            ("past-from-created", None, None, at_past),
+            ("now", now_status, k_now, datetime.now(UTC)),
+            ("now-no-kenmerk", None, None, datetime.now(UTC)),
+        ]
+        for uid, status_id, kenmerk, created in rows:
+            await conn.execute(
+                "INSERT INTO pop3_mailbox (owner_oin, uid, status_id, kenmerk, message,"
+                " created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+                CALLER,
+                uid,
+                status_id,
+                kenmerk,
+                f"Subject: {uid}\r\n\r\nbody\r\n".encode(),
+                created,
+            )
+        before = await smtp_store.list_mailbox(conn, CALLER)
+        assert [e.uid for e in before] == [r[0] for r in rows]
+
+        await db.migrate(conn)
+
+        assert await smtp_store.list_mailbox(conn, CALLER) == before  # ids, uids, sizes kept
+        where = {
+            r["uid"]: (r["p"], r["kenmerk"])
+            for r in await conn.fetch(
+                "SELECT uid, kenmerk, tableoid::regclass::text AS p FROM pop3_mailbox"
+            )
+        }
+        assert where["past-with-kenmerk"] == (f"pop3_mailbox_{past.suffix}", k_past)
+        assert where["past-from-status"] == (f"pop3_mailbox_{past.suffix}", k_past)
+        assert where["past-from-created"][0] == f"pop3_mailbox_{past.suffix}"
+        assert where["now"] == (f"pop3_mailbox_{current.suffix}", k_now)
+        assert where["now-no-kenmerk"][0] == f"pop3_mailbox_{current.suffix}"
+        found = await partitions.partitions(conn)
+        assert "pop3_mailbox" in found[past.suffix] and "pop3_mailbox" in found["default"]
+        # kenmerk is required now; one mail per status still (ON CONFLICT of smtpreturns)
+        with pytest.raises(asyncpg.NotNullViolationError):
+            await conn.execute(
+                "INSERT INTO pop3_mailbox (owner_oin, uid, message) VALUES ($1, 'x', 'm')",
+                CALLER,
+            )
+        assert (
+            await conn.execute(
+                "INSERT INTO pop3_mailbox (owner_oin, uid, status_id, kenmerk, message)"
+                " VALUES ($1, 'dup', $2, $3, 'm') ON CONFLICT (kenmerk, status_id) DO NOTHING",
+                CALLER,
+                now_status,
+                k_now,
+            )
+            == "INSERT 0 0"
+        )
+        # the owner's listing uses the (owner_oin, id) index of each partition
+        await conn.execute("SET enable_seqscan = off")
+        plan = "\n".join(
+            r[0]
+            for r in await conn.fetch(
+                "EXPLAIN SELECT id, uid FROM pop3_mailbox WHERE owner_oin = $1 ORDER BY id",
+                CALLER,
+            )
+        )
+        await conn.execute("RESET enable_seqscan")
+        assert "pop3_mailbox_p" in plan and "Seq Scan" not in plan, plan
+
+        exported = await partitions.export_month(conn, str(past), tmp_path)
+        manifest = json.loads((exported / "manifest.json").read_text())
+        assert manifest["tables"]["pop3_mailbox"]["rows"] == 3
+        store = FilePayloadStore(tmp_path / "payloads")
+        result = await partitions.purge_month(conn, str(past), store, grace_seconds=0)
+        assert result.envelopes == 1
+
+        left = await smtp_store.list_mailbox(conn, CALLER)
+        assert [e.uid for e in left] == ["now", "now-no-kenmerk"]
+        assert [e.id for e in left] == [e.id for e in before[3:]]
+        assert await smtp_store.fetch_message(conn, CALLER, left[0].id) == (
+            b"Subject: now\r\n\r\nbody\r\n"
+        )
+        assert await smtp_store.fetch_message(conn, CALLER, before[0].id) is None
+        assert f"pop3_mailbox_{past.suffix}" not in {
+            r[0] for r in await conn.fetch("SELECT relname FROM pg_class")
+        }
+        assert await smtp_store.delete_messages(conn, CALLER, [left[1].id]) == 1
+        assert [e.uid for e in await smtp_store.list_mailbox(conn, CALLER)] == ["now"]
     finally:
         await conn.close()
 

@@ -28,6 +28,7 @@ from adapters.smtp.pop3proto import (
     parse_command,
     top,
 )
+from digipoort.envelope import new_kenmerk
 from digipoort.pki import client_ssl_context
 from tests.support import ALFA, BETA, Env
 
@@ -119,9 +120,11 @@ async def _put(env: Env, owner: str, n: int) -> None:
     conn = await env.conn()
     for i in range(n):
         await conn.execute(
-            "INSERT INTO pop3_mailbox (owner_oin, uid, message) VALUES ($1, $2, $3)",
+            # kenmerk is NOT NULL since migration 017 (the month partition key)
+            "INSERT INTO pop3_mailbox (owner_oin, uid, kenmerk, message) VALUES ($1, $2, $3, $4)",
             owner,
             uuid.uuid4().hex,
+            new_kenmerk(),
             f"Subject: test {i}\r\n\r\n.line {i}\r\nbody\r\n".encode(),
         )
 

@@ -4,7 +4,8 @@ for envelopes submitted over SMTP, written into the sender's POP3 mailbox.
 The trigger of migration 004 queues every status row of an SMTP envelope in
 ``smtp_return_queue`` within the status's own transaction; this component takes queued
 rows (``FOR UPDATE SKIP LOCKED``, so several processes can run it), writes at most one
-mailbox row per status (``pop3_mailbox.status_id`` is unique) and deletes the queue rows,
+mailbox row per status (``pop3_mailbox`` is unique on ``(kenmerk, status_id)``: it is
+partitioned by month on kenmerk, migration 017) and deletes the queue rows,
 all in one transaction. Nothing is lost or duplicated across restarts.
 """
 
@@ -108,7 +109,7 @@ FOR UPDATE OF q SKIP LOCKED
 _INSERT = """
 INSERT INTO pop3_mailbox (owner_oin, uid, status_id, kenmerk, message)
 SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::uuid[], $5::bytea[])
-ON CONFLICT (status_id) DO NOTHING
+ON CONFLICT (kenmerk, status_id) DO NOTHING
 """
 
 
