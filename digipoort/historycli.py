@@ -18,13 +18,6 @@ from digipoort.payloads import FilePayloadStore
 T = TypeVar("T")
 
 
-def _policy(settings: Settings) -> partitions.RetentionPolicy:
-    h = settings.history
-    return partitions.RetentionPolicy(
-        default=h.retention_months, per_berichtsoort=h.retention_months_per_berichtsoort
-    )
-
-
 def _with_conn(
     config_path: Path | None, fn: Callable[[Settings, asyncpg.Connection], Awaitable[T]]
 ) -> T:
@@ -59,7 +52,7 @@ def history_list(config_path: Path | None, as_json: bool) -> None:
         found = await partitions.partitions(conn)
         suffixes = [m.suffix for m in partitions.months_of(found)]
         suffixes += [s for s in partitions.LEGACY_SUFFIXES if s in found]
-        policy = _policy(settings)
+        policy = partitions.RetentionPolicy.from_config(settings.history)
         out = []
         for suffix in suffixes:
             st = await partitions.month_state(conn, suffix)
@@ -154,7 +147,7 @@ def history_purge(
         store = FilePayloadStore(settings.resolve(settings.storage.payload_dir))
         # the retention component may be purging right now: one at a time
         await conn.execute("SELECT pg_advisory_lock($1)", partitions.HISTORY_LOCK)
-        policy = _policy(settings)
+        policy = partitions.RetentionPolicy.from_config(settings.history)
         due = {s.name for s in await partitions.expired(conn, policy)}
         names = sorted(due) if expired else [month or ""]
         results = []

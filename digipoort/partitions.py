@@ -27,6 +27,7 @@ import asyncpg
 import structlog
 
 from digipoort import metrics
+from digipoort.config import HistoryConfig
 from digipoort.payloads import PayloadStore
 
 log = structlog.get_logger(__name__)
@@ -83,6 +84,11 @@ def kenmerk_bound(when: datetime) -> UUID:
     ``digipoort_kenmerk_bound``)."""
     ms = int(when.timestamp() * 1000)
     return UUID(int=(ms & 0xFFFF_FFFF_FFFF) << 80)
+
+
+#: the upper end of the monthly partitions: uuid4 kenmerken above it are in T_legacy_hi
+#: (migration 012)
+LEGACY_HI_BOUND = kenmerk_bound(datetime(2100, 1, 1, tzinfo=UTC))
 
 
 def month_bounds(month: Month) -> tuple[UUID, UUID]:
@@ -142,8 +148,7 @@ async def create_month(
     partition was missing) move into it. Returns the number of partitions created."""
     lo, hi = month_bounds(month)
     found = await partitions(conn)
-    legacy_hi = await conn.fetchval("SELECT digipoort_kenmerk_bound('2100-01-01 00:00:00+00')")
-    if hi > legacy_hi:
+    if hi > LEGACY_HI_BOUND:
         raise HistoryError(f"month {month} lies beyond the partitioned range (2100)")
     created = 0
     for table in await history_tables(conn):
@@ -236,6 +241,13 @@ class RetentionPolicy:
 
     default: int = 13
     per_berichtsoort: Mapping[str, int] | None = None
+
+    @classmethod
+    def from_config(cls, config: HistoryConfig) -> RetentionPolicy:
+        return cls(
+            default=config.retention_months,
+            per_berichtsoort=config.retention_months_per_berichtsoort,
+        )
 
     def months_for(self, berichtsoort: str) -> int:
         return (self.per_berichtsoort or {}).get(berichtsoort, self.default)

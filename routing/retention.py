@@ -96,12 +96,6 @@ async def sweep_once(
     return removed
 
 
-def policy(config: HistoryConfig) -> partitions.RetentionPolicy:
-    return partitions.RetentionPolicy(
-        default=config.retention_months, per_berichtsoort=config.retention_months_per_berichtsoort
-    )
-
-
 async def maintain_history(
     pool: asyncpg.Pool, store: PayloadStore, config: HistoryConfig
 ) -> list[partitions.PurgeResult]:
@@ -118,7 +112,8 @@ async def maintain_history(
             await partitions.analyze_parents(conn)
             if not config.purge:
                 return purged
-            for state in await partitions.expired(conn, policy(config)):
+            policy = partitions.RetentionPolicy.from_config(config)
+            for state in await partitions.expired(conn, policy):
                 export = None
                 if config.export_dir is not None:
                     export = await partitions.export_month(conn, state.name, config.export_dir)

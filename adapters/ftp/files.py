@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 from adapters.ftp.datachannel import DataChannel
 from adapters.ftp.listformat import listing_line, mdtm
@@ -101,16 +102,13 @@ class FileCommands(DataChannel):
         return None
 
     async def cmd_SIZE(self, arg: str) -> None:
-        got = await self.resolve(arg)
-        if got is None:
-            return
-        info = await self._file_info(*got)
-        if info is None:
-            await self.refuse(550, "No such file", "no_such_file")
-        else:
-            await self.send(213, str(info[0]))
+        await self._file_fact(arg, lambda size, _mtime: str(size))
 
     async def cmd_MDTM(self, arg: str) -> None:
+        await self._file_fact(arg, lambda _size, mtime: mdtm(mtime))
+
+    async def _file_fact(self, arg: str, fact: Callable[[int, float], str]) -> None:
+        """213 with one fact (size or time) of the file ``arg``, or 550."""
         got = await self.resolve(arg)
         if got is None:
             return
@@ -118,7 +116,7 @@ class FileCommands(DataChannel):
         if info is None:
             await self.refuse(550, "No such file", "no_such_file")
         else:
-            await self.send(213, mdtm(info[1]))
+            await self.send(213, fact(*info))
 
     # -- RETR, DELE ------------------------------------------------------------------------
     async def cmd_RETR(self, arg: str) -> None:
