@@ -152,6 +152,7 @@ def history_purge(
         names = sorted(due) if expired else [month or ""]
         results = []
         for name in names:
+            partitions.suffix_for(name)  # "not a month" before "not past its retention"
             if name not in due and not yes:
                 raise CliError(
                     f"{name} is not past its retention (or has pending deliveries);"

@@ -409,6 +409,9 @@ async def test_cli_exports_and_purges_a_past_month(own_db: str, tmp_path: Path) 
     assert months[str(past)]["envelopes"] == 5
     refused = await cli("history", "purge", str(past), env=cli_env)
     assert refused.exit_code == 1 and "--yes" in refused.stderr
+    not_a_month = await cli("history", "purge", "1999-13", env=cli_env)
+    assert not_a_month.exit_code == 1 and "not a month" in not_a_month.stderr
+    assert "Traceback" not in not_a_month.stderr
     done = await cli(
         "history", "purge", str(past), "--yes", "--export-dir", str(tmp_path), "--json", env=cli_env
     )
